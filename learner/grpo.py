@@ -1,0 +1,124 @@
+"""GRPO and SFT math on tensors: advantages, the clipped policy loss, k3 KL, statistics.
+
+Pure torch, no Ray, no DeepSpeed: every function here is tested on CPU against hand-computed values.
+Shapes: `[batch, tokens]` for per-token quantities, with `mask` 1.0 on completion tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from launch.config import option
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = option(8, "G: completions sampled per prompt; advantages are relative within the group.")
+    scale_advantages_by_std: bool = option(True, "Divide group-centred rewards by the group std (GRPO); false = mean-only (Dr. GRPO).")
+    clip_low: float = option(0.2, "epsilon_low: the ratio is clipped below at 1 - clip_low.")
+    clip_high: float = option(0.28, "epsilon_high: the ratio is clipped above at 1 + clip_high (DAPO's clip-higher).")
+    kl_coef: float = option(0.0, "beta for the k3 KL to a frozen reference model; 0 builds no reference model.")
+    loss_aggregation: Literal["token_mean", "sequence_mean"] = option("token_mean", "'token_mean': every completion token weighs the same; 'sequence_mean': mean per sequence, then over sequences.")
+    policy_epochs: int = option(1, "Passes of the learner over each rollout batch (ratios differ from 1 after the first).")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """Rewards `[num_groups * G]` (group-major) -> advantages: centred (and scaled) per group."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.float().view(-1, group_size)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        centred = centred / (grouped.std(dim=1, unbiased=False, keepdim=True) + eps)
+    return centred.view(-1)
+
+
+def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(tokens[t] | ...) for logits already aligned with `tokens` ([B, T, V], [B, T])."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy of the sampling distribution, [B, T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def kl_k3(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(policy || reference): exp(d) - d - 1 with d = ref - policy; >= 0."""
+    delta = ref_log_probs - log_probs
+    return torch.exp(delta) - delta - 1.0
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
+    total = (values * mask).sum()
+    return total / (denominator if denominator is not None else mask.sum().clamp(min=1.0))
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, num_tokens: float | None = None) -> torch.Tensor:
+    """Reduce a per-token loss. `num_tokens` lets micro-batches share one global denominator."""
+    if how == "token_mean":
+        return masked_mean(per_token, mask, num_tokens)
+    if how == "sequence_mean":
+        per_sequence = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return per_sequence.mean()
+    raise ValueError(f"unknown loss aggregation '{how}'")
+
+
+def grpo_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: GRPOConfig,
+    ref_log_probs: torch.Tensor | None = None,
+    num_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped-ratio policy loss (+ beta * k3 KL), aggregated; returns (loss, statistics).
+
+    Only `log_probs` carries gradient: old/reference log-probs and advantages are constants.
+    """
+    old_log_probs, advantages = old_log_probs.detach(), advantages.detach()
+    mask = mask.float()
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    log_ratio = log_probs - old_log_probs
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    per_token = torch.maximum(unclipped, clipped)
+    stats = {}
+    if cfg.kl_coef > 0:
+        if ref_log_probs is None:
+            raise ValueError("kl_coef > 0 needs reference log-probs")
+        kl = kl_k3(log_probs, ref_log_probs.detach())
+        per_token = per_token + cfg.kl_coef * kl
+        stats["kl"] = masked_mean(kl.detach(), mask).item()
+    loss = aggregate(per_token, mask, cfg.loss_aggregation, num_tokens)
+    with torch.no_grad():
+        stats["clip_fraction"] = masked_mean((clipped > unclipped).float(), mask).item()
+        stats["approx_kl_old"] = masked_mean(kl_k3(log_probs.detach(), old_log_probs), mask).item()
+        stats["ratio_mean"] = masked_mean(ratio.detach(), mask).item()
+    return loss, stats
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: float | None = None) -> torch.Tensor:
+    """Next-token cross-entropy on target tokens only: prompt and padding carry IGNORE_INDEX.
+
+    `logits[:, t]` predicts `labels[:, t + 1]`; the shift is done here.
+    """
+    shifted_logits = logits[:, :-1].float()
+    shifted_labels = labels[:, 1:]
+    per_token = F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.size(-1)),
+        shifted_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    count = (shifted_labels != IGNORE_INDEX).sum().clamp(min=1)
+    return per_token / (num_tokens if num_tokens is not None else count)

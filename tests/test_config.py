@@ -1,0 +1,57 @@
+import pytest
+import yaml
+
+from launch.config import ConfigError, describe, load_config, parse_override, to_dict
+from launch.job_config import JobConfig
+
+
+def test_every_field_has_help():
+    text = describe(JobConfig)
+    for line in text.splitlines():
+        assert "#" in line and line.split("#", 1)[1].strip(), f"no help for: {line}"
+
+
+def test_yaml_and_overrides_round_trip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"grpo": {"group_size": 4}, "run": {"seed": 3}}))
+    cfg = load_config(JobConfig, path, ["grpo.clip_low=1e-1", "grpo.scale_advantages_by_std=false", "data.train=foo.jsonl"])
+    assert cfg.grpo.group_size == 4 and cfg.run.seed == 3
+    assert cfg.grpo.clip_low == pytest.approx(0.1)
+    assert cfg.grpo.scale_advantages_by_std is False
+    assert cfg.data.train == "foo.jsonl"
+    dumped = tmp_path / "resolved.yaml"
+    dumped.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert load_config(JobConfig, dumped) == cfg
+
+
+def test_shipped_configs_load():
+    for name in ("smollm2-gsm8k", "tiny"):
+        load_config(JobConfig, f"launch/configs/{name}.yaml")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grpo.clip_lowww=0.1", "unknown config key 'grpo.clip_lowww'"),
+        ("nosuchsection.x=1", "unknown config key 'nosuchsection'"),
+        ("grpo.group_size=four", "config key 'grpo.group_size' must be int"),
+        ("grpo.group_size=true", "config key 'grpo.group_size' must be int"),
+        ("grpo.loss_aggregation=median", "config key 'grpo.loss_aggregation' must be one of"),
+        ("grpo=3", "config section 'grpo' must be a mapping"),
+        ("rewards.stage2=nope", "stage2 reward 'nope' is not registered"),
+    ],
+)
+def test_bad_keys_and_types_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(JobConfig, None, [override])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="must look like"):
+        parse_override("grpo.group_size")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(JobConfig, tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(JobConfig, bad)
