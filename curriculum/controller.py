@@ -1,0 +1,195 @@
+"""The controller: advances one run through the three curriculum stages.
+
+  controller ──tasks──▶ rollout workers (vLLM) ──groups──▶ rewards
+      ▲                       ▲                              │
+      │ stage gates, eval,    │ weight broadcast             ▼ advantages
+      │ checkpoints           │                              │
+      └──── metrics ◀──── learner group (DeepSpeed ZeRO) ◀───┘
+
+  stage 1  SFT: shuffled, masked teacher steps -> the ordered rationale
+  stage 2  GRPO: masked completion, the masked share ramped to 1.0 (question alone)
+  mining   k samples per training problem; all k wrong = persistent failure
+  stage 3  GRPO: rewrite the teacher solution of each persistent failure, much shorter
+
+Every stage ends with an evaluation slice and a checkpoint; `RunState` in each checkpoint says
+where to continue, so `--resume` never repeats a finished stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from cluster.metrics import MetricsSink
+from cluster.placement import place
+from cluster.weight_sync import SyncResult, sync_weights
+from curriculum import steps
+from curriculum.data import Problem
+from curriculum.evaluation import evaluate, mine_failures
+from curriculum.prompter import Prompter
+from curriculum.run_dir import RunDir, RunState
+from curriculum.stages import STAGE_NAMES, batch_indices, step_rng
+from curriculum.tasks import build_completion_task, build_reconstruction_task, build_rewrite_task, mask_ratio_at
+from learner.group import LearnerGroup
+from rollout.group import RolloutGroup
+
+
+class Controller:
+    def __init__(
+        self, cfg, run: RunDir, model_path: str, train: list[Problem], evaluation: list[Problem],
+        resume_from: Path | None = None, stop_after_stage: int = 3,
+    ):
+        from transformers import AutoTokenizer
+
+        self.cfg, self.run, self.train, self.evaluation = cfg, run, train, evaluation
+        self.stop_after_stage = stop_after_stage
+        self.state = RunDir.read_state(resume_from) if resume_from else RunState()
+        start_path = str(resume_from) if resume_from else model_path
+        self.tokenizer = AutoTokenizer.from_pretrained(start_path)
+        self.prompter = Prompter(self.tokenizer, cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
+        self.results: dict[str, dict] = {}
+        self.metrics = MetricsSink(run.path, cfg.run.name)
+        self.placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster)
+        self.learners = LearnerGroup(self.placement, run.path.name, start_path, cfg.learner, cfg.grpo, cfg.cluster, self.prompter.pad_id)
+        self.rollout = RolloutGroup(self.placement, run.path.name, start_path, cfg.rollout, cfg.cluster, cfg.run.seed)
+        if resume_from:
+            self.learners.load(str(resume_from))
+            self._log(f"resumed from {resume_from}: stage {self.state.stage}, step {self.state.stage_step}")
+            self._sync(bump=False)
+
+    # ------------------------------------------------------------------------------------------
+
+    def run_all(self) -> dict[str, dict]:
+        try:
+            if self.state == RunState():
+                self._evaluate("before")
+            if self.state.stage == 1:
+                self._run_stage(1, self.cfg.stages.sft_steps, self._sft_step)
+            if self.state.stage == 2 and self.stop_after_stage >= 2:
+                self._run_stage(2, self.cfg.stages.grpo_steps, self._grpo_step)
+            if self.state.stage == 3 and self.stop_after_stage >= 3:
+                if self.state.failures is None:
+                    self._mine()
+                if self.state.failures:
+                    self._run_stage(3, self.cfg.stages.rewrite_steps, self._grpo_step)
+                else:
+                    self._log("stage 3 skipped: no persistent failures")
+                    self.state = dataclasses.replace(self.state, stage=4, stage_step=0)
+            return self.results
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.learners.shutdown()
+        self.rollout.shutdown()
+        self.placement.remove()
+        self.metrics.close()
+
+    # ------------------------------------------------------------------------------------------
+
+    def _run_stage(self, stage: int, budget: int, step_fn) -> None:
+        name = STAGE_NAMES[stage]
+        self._log(f"stage {stage} ({name}): steps {self.state.stage_step + 1}..{budget}")
+        while self.state.stage_step < budget:
+            start = time.perf_counter()
+            metrics = step_fn(stage, self.state.stage_step, budget)
+            metrics["step_s"] = time.perf_counter() - start
+            self.state = dataclasses.replace(self.state, stage_step=self.state.stage_step + 1, global_step=self.state.global_step + 1)
+            self.metrics.log(self.state.global_step, name, metrics)
+            self._log_step(stage, budget, metrics)
+            every = self.cfg.stages.save_every
+            if every and self.state.stage_step % every == 0 and self.state.stage_step < budget:
+                self._checkpoint(f"{name}-step{self.state.stage_step}", stage_end=False)
+        if stage == 1:
+            self._sync()  # stage 1 trains without rollouts; the workers catch up once here
+        self._evaluate(f"after-stage{stage}")
+        self.state = dataclasses.replace(self.state, stage=stage + 1, stage_step=0)
+        self._checkpoint(f"stage{stage}-{name}", stage_end=True)
+
+    def _problems(self, pool: list[Problem], stage: int, step: int, size: int) -> list[Problem]:
+        return [pool[i] for i in batch_indices(len(pool), size, step, self.cfg.run.seed, stage)]
+
+    def _sft_step(self, stage: int, step: int, budget: int) -> dict[str, float]:
+        rng = step_rng(self.cfg.run.seed, stage, step)
+        problems = self._problems(self.train, stage, step, self.cfg.stages.sft_batch_size)
+        tasks = [build_reconstruction_task(p, rng, self.cfg.tasks) for p in problems]
+        return steps.sft_step(tasks, self.prompter, self.learners)
+
+    def _grpo_step(self, stage: int, step: int, budget: int) -> dict[str, float]:
+        rng = step_rng(self.cfg.run.seed, stage, step)
+        extra = {}
+        if stage == 2:
+            ratio = mask_ratio_at(step, budget, self.cfg.tasks)
+            problems = self._problems(self.train, stage, step, self.cfg.stages.prompts_per_step)
+            tasks = [build_completion_task(p, rng, ratio, self.cfg.tasks) for p in problems]
+            reward, extra["mask_ratio"] = self.cfg.rewards.stage2, ratio
+        else:
+            pool = [self.train[i] for i in self.state.failures]
+            tasks = [build_rewrite_task(p) for p in self._problems(pool, stage, step, self.cfg.stages.prompts_per_step)]
+            reward = self.cfg.rewards.stage3
+        metrics = steps.grpo_step(
+            tasks, self.prompter, self.rollout, self.learners, self.cfg.grpo.group_size, reward,
+            self.cfg.rewards.step_check_weight, self.cfg.grpo.scale_advantages_by_std,
+            self.cfg.rollout.temperature, self.cfg.rollout.top_p, self.cfg.rollout.max_new_tokens,
+            sync=self._sync, expected_version=self.state.version,
+        )
+        return {**metrics, **extra}
+
+    def _sync(self, bump: bool = True) -> SyncResult:
+        version = self.state.version + (1 if bump else 0)
+        result = sync_weights(self.learners, self.rollout, version)
+        self.state = dataclasses.replace(self.state, version=version)
+        return result
+
+    def _mine(self) -> None:
+        count = self.cfg.stages.mining_problems or len(self.train)
+        problems = self.train[:count]
+        self._log(f"mining persistent failures: {len(problems)} problems x {self.cfg.stages.mining_samples} samples")
+        start = time.perf_counter()
+        failures = mine_failures(
+            self.rollout, self.prompter, problems, self.cfg.stages.mining_samples,
+            self.cfg.rollout.temperature, self.cfg.rollout.eval_max_new_tokens,
+        )
+        self.run.write_jsonl("failures.jsonl", [{"index": i, "origin": problems[i].origin, "question": problems[i].question} for i in failures])
+        self.state = dataclasses.replace(self.state, failures=failures)
+        self.metrics.log(self.state.global_step, "mining", {
+            "mined_problems": len(problems), "persistent_failures": len(failures),
+            "failure_rate": len(failures) / max(1, len(problems)), "mining_s": time.perf_counter() - start,
+        })
+        self._log(f"persistent failures: {len(failures)} of {len(problems)}")
+
+    def _evaluate(self, label: str) -> None:
+        count = self.cfg.stages.eval_problems
+        if not count:
+            return
+        result = evaluate(self.rollout, self.prompter, self.evaluation[:count], self.cfg.rollout.eval_max_new_tokens)
+        (self.run.path / "eval").mkdir(exist_ok=True)
+        self.run.write_jsonl(f"eval/{label}.jsonl", result.samples)
+        self.results[label] = {"step": self.state.global_step, **result.metrics()}
+        self.metrics.log(self.state.global_step, "eval", {**result.metrics()})
+        self._log(f"eval {label}: accuracy {result.accuracy:.3f}, mean tokens {result.mean_tokens:.1f}, format {result.format_rate:.2f} (n={result.n})")
+
+    def _checkpoint(self, label: str, stage_end: bool) -> Path:
+        state = dataclasses.replace(self.state, stage_end=stage_end)
+        folder = self.run.begin_checkpoint(state, label)
+        self.learners.save(str(folder))
+        final = self.run.commit_checkpoint(folder, state, self.tokenizer, self.cfg.stages.keep_last)
+        self._log(f"checkpoint {final}")
+        return final
+
+    # ------------------------------------------------------------------------------------------
+
+    def _log(self, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def _log_step(self, stage: int, budget: int, m: dict[str, float]) -> None:
+        head = f"stage {stage} step {self.state.stage_step}/{budget}"
+        if stage == 1:
+            self._log(f"{head} loss {m['loss']:.4f} | learner {m['learner_s']:.1f}s")
+        else:
+            self._log(
+                f"{head} reward {m['reward_mean']:+.3f} acc {m['accuracy']:.2f} tokens {m['completion_tokens']:.0f} "
+                f"clip {m['clip_fraction']:.3f} | generate {m['generate_s']:.1f}s reward {m['reward_s']:.2f}s "
+                f"learner {m['learner_s']:.1f}s sync {m['sync_s']:.2f}s (v{m['weight_version']})"
+            )

@@ -1,0 +1,107 @@
+"""The run folder: resolved config, metrics, checkpoints, and the state needed to resume.
+
+    runs/<name>/
+      config.yaml            the resolved config of the run
+      metrics.jsonl          one record per step and per evaluation
+      tensorboard/           the same metrics as TensorBoard events
+      failures.jsonl         persistent failures found before stage 3
+      checkpoints/<NNNNNN>-<stage>/   a save_pretrained folder + tokenizer + deepspeed/ + state.json
+
+A checkpoint is written under `<folder>.tmp` and renamed once complete (state.json last), so a
+crash mid-save never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from launch.config import to_dict
+
+
+@dataclass
+class RunState:
+    """Where the run is: the next stage to run and how many of its steps are done."""
+
+    stage: int = 1
+    stage_step: int = 0
+    global_step: int = 0
+    version: int = 0
+    failures: list[int] | None = None
+    stage_end: bool = False
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = path
+        self.checkpoints = path / "checkpoints"
+
+    @classmethod
+    def create(cls, output_dir: str, name: str, cfg) -> "RunDir":
+        """A fresh run folder; `name`, `name-2`, ... so that no earlier run is overwritten."""
+        base = Path(output_dir) / name
+        path, suffix = base, 1
+        while path.exists():
+            suffix += 1
+            path = base.with_name(f"{name}-{suffix}")
+        path.mkdir(parents=True)
+        (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        run = cls(Path(path))
+        if not (run.path / "config.yaml").is_file():
+            raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
+        return run
+
+    def complete_checkpoints(self) -> list[Path]:
+        if not self.checkpoints.is_dir():
+            return []
+        found = [p for p in self.checkpoints.iterdir() if p.is_dir() and not p.name.endswith(".tmp") and (p / "state.json").is_file()]
+        return sorted(found, key=lambda p: (self.read_state(p).global_step, p.name))
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.complete_checkpoints()
+        return found[-1] if found else None
+
+    @staticmethod
+    def read_state(checkpoint: Path) -> RunState:
+        return RunState(**json.loads((checkpoint / "state.json").read_text()))
+
+    def begin_checkpoint(self, state: RunState, label: str) -> Path:
+        folder = self.checkpoints / f"{state.global_step:06d}-{label}.tmp"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        return folder
+
+    def commit_checkpoint(self, folder: Path, state: RunState, tokenizer, keep_last: int) -> Path:
+        tokenizer.save_pretrained(folder)
+        tmp_state = folder / "state.json.tmp"
+        tmp_state.write_text(json.dumps(asdict(state), indent=1))
+        os.replace(tmp_state, folder / "state.json")
+        final = folder.with_name(folder.name[: -len(".tmp")])
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(folder, final)
+        self._prune(keep_last)
+        return final
+
+    def _prune(self, keep_last: int) -> None:
+        """Keep every stage-end checkpoint and the last `keep_last` periodic ones."""
+        periodic = [p for p in self.complete_checkpoints() if not self.read_state(p).stage_end]
+        for old in periodic[: max(0, len(periodic) - keep_last)]:
+            shutil.rmtree(old)
+
+    def write_jsonl(self, name: str, rows: list[dict]) -> Path:
+        path = self.path / name
+        with path.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+        return path

@@ -1,0 +1,103 @@
+"""One training step of each kind: problems -> tasks -> (rollouts, rewards) -> learner update.
+
+These functions hold the data flow of a step and its metrics; the controller decides which step
+to run when, and the groups do the distributed work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from curriculum.answers import has_valid_format, is_correct
+from curriculum.data import Problem
+from curriculum.prompter import Prompter, PromptTooLong
+from curriculum.rewards import RewardContext, score_group
+from curriculum.tasks import Task
+from learner.batching import Sequence
+from learner.grpo import group_advantages
+
+
+def _encode(tasks: list[Task], prompter: Prompter) -> tuple[list[Task], list[list[int]], int]:
+    """Prompt ids of the tasks that fit; too-long prompts are skipped and counted."""
+    kept, prompts, skipped = [], [], 0
+    for task in tasks:
+        try:
+            prompts.append(prompter.prompt_ids(task))
+            kept.append(task)
+        except PromptTooLong:
+            skipped += 1
+    return kept, prompts, skipped
+
+
+def _trim(sequences: list[Sequence], multiple: int) -> list[Sequence]:
+    """Drop the last few sequences so that every learner gets an equal share."""
+    return sequences[: len(sequences) - len(sequences) % multiple]
+
+
+def sft_step(tasks: list[Task], prompter: Prompter, learners) -> dict[str, float]:
+    """Stage 1: teacher-forced reconstruction of the ordered rationale."""
+    kept, prompts, skipped = _encode(tasks, prompter)
+    sequences = _trim([Sequence(p, prompter.target_ids(t)) for t, p in zip(kept, prompts)], learners.size)
+    if not sequences:
+        raise RuntimeError("no stage-1 example fits model.max_prompt_tokens; raise it or check the data")
+    stats = learners.sft_step(sequences)
+    return {
+        "loss": stats["loss"], "grad_norm": stats["grad_norm"], "prompts_skipped": skipped,
+        "learner_s": stats["seconds"], "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
+    }
+
+
+def grpo_step(
+    tasks: list[Task], prompter: Prompter, rollout, learners, group_size: int, reward: str,
+    step_check_weight: float, scale_by_std: bool, temperature: float, top_p: float, max_tokens: int,
+    sync: Callable[[], object], expected_version: int,
+) -> dict[str, float]:
+    """Stages 2-3: sample groups, score them, update the policy, push the new weights."""
+    kept, prompts, skipped = _encode(tasks, prompter)
+    if not kept:
+        raise RuntimeError("no GRPO prompt fits model.max_prompt_tokens; raise it or check the data")
+    start = time.perf_counter()
+    groups, versions, _ = rollout.generate(prompts, group_size, temperature, max_tokens, top_p=top_p)
+    generate_s = time.perf_counter() - start
+    if versions != {expected_version}:
+        raise RuntimeError(f"rollout workers generated with weight versions {sorted(versions)}, expected {expected_version}")
+
+    start = time.perf_counter()
+    rewards, correct, formatted, lengths, truncated = [], [], [], [], 0
+    for task, group in zip(kept, groups):
+        texts = [prompter.decode(c.token_ids) for c in group]
+        problem: Problem = task.problem
+        context = RewardContext(problem.answer, len(problem.steps), problem.num_words)
+        rewards.extend(score_group(reward, texts, context, step_check_weight))
+        correct.extend(is_correct(t, problem.answer) for t in texts)
+        formatted.extend(has_valid_format(t) for t in texts)
+        lengths.extend(len(c.token_ids) for c in group)
+        truncated += sum(c.finish_reason == "length" for c in group)
+    reward_tensor = torch.tensor(rewards)
+    advantages = group_advantages(reward_tensor, group_size, scale_by_std)
+    flat = [c for group in groups for c in group]
+    prompt_of = [p for p in prompts for _ in range(group_size)]
+    sequences = _trim(
+        [Sequence(p, list(c.token_ids), a) for p, c, a in zip(prompt_of, flat, advantages.tolist()) if c.token_ids],
+        learners.size,
+    )
+    reward_s = time.perf_counter() - start
+
+    stats = learners.grpo_step(sequences)
+    sync_result = sync()
+    grouped = reward_tensor.view(-1, group_size)
+    return {
+        "reward_mean": reward_tensor.mean().item(), "reward_std": reward_tensor.std().item() if reward_tensor.numel() > 1 else 0.0,
+        "accuracy": sum(correct) / len(correct), "format_rate": sum(formatted) / len(formatted),
+        "completion_tokens": sum(lengths) / len(lengths), "truncated_rate": truncated / len(lengths),
+        "zero_advantage_groups": (grouped.std(dim=1) == 0).float().mean().item(),
+        "loss": stats["loss"], "grad_norm": stats["grad_norm"], "clip_fraction": stats.get("clip_fraction", 0.0),
+        "kl": stats.get("kl", 0.0), "approx_kl_old": stats.get("approx_kl_old", 0.0), "entropy": stats.get("entropy", 0.0),
+        "prompts_skipped": skipped, "generate_s": generate_s, "reward_s": reward_s, "learner_s": stats["seconds"],
+        "sync_s": sync_result.seconds, "sync_bytes": sync_result.bytes, "weight_version": sync_result.version,
+        "rollout_tokens_per_s": sum(lengths) / max(1e-9, generate_s),
+        "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
+    }

@@ -1,0 +1,23 @@
+"""Config of the learner group (DeepSpeed ZeRO data parallel)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from launch.config import option
+
+
+@dataclass
+class LearnerConfig:
+    num_learners: int = option(1, "M: learner actors forming one ZeRO data-parallel group.")
+    zero_stage: Literal[0, 1, 2, 3] = option(2, "DeepSpeed ZeRO stage (2 shards gradients and optimizer state; 3 also parameters).")
+    precision: Literal["bf16", "fp32"] = option("bf16", "Training precision: 'bf16' keeps fp32 master weights in the optimizer; 'fp32' everywhere.")
+    sft_lr: float = option(1e-5, "AdamW learning rate of stage 1 (SFT).")
+    grpo_lr: float = option(1e-6, "AdamW learning rate of stages 2 and 3 (GRPO).")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    max_grad_norm: float = option(1.0, "Clip the global gradient norm to this (0 = no clipping).")
+    micro_batch_size: int = option(4, "Sequences per forward/backward on one learner; a step accumulates as many micro-batches as its share needs.")
+    gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory (slower).")
+    torch_threads: int = option(1, "CPU threads per learner actor (keep learners and rollout workers from oversubscribing cores).")
+    init_timeout_s: float = option(600.0, "Seconds to wait for the learner group's process group to form.")

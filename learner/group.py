@@ -1,0 +1,79 @@
+"""M learner actors forming one DeepSpeed ZeRO data-parallel group, driven as one."""
+
+from __future__ import annotations
+
+import ray
+
+from cluster.config import ClusterConfig
+from cluster.placement import Placement
+from cluster.remote import wait_all
+from learner.batching import Sequence, shard
+from learner.config import LearnerConfig
+from learner.grpo import GRPOConfig
+from learner.worker import LearnerWorker
+
+
+def combine(stats: list[dict[str, float]]) -> dict[str, float]:
+    """Per-rank statistics -> one record: losses add up (each rank holds its share of the global
+    mean), token counts add up, time is the slowest rank's, rates are token-weighted."""
+    weights = [s.get("completion_tokens", 1.0) for s in stats]
+    total_weight = sum(weights) or 1.0
+    out = {"loss": sum(s["loss"] for s in stats), "grad_norm": stats[0]["grad_norm"]}
+    out["tokens"] = sum(s["tokens"] for s in stats)
+    out["seconds"] = max(s["seconds"] for s in stats)
+    for key in ("clip_fraction", "approx_kl_old", "kl", "entropy"):
+        if key in stats[0]:
+            out[key] = sum(s[key] * w for s, w in zip(stats, weights)) / total_weight
+    return out
+
+
+class LearnerGroup:
+    def __init__(self, placement: Placement, run: str, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, cluster: ClusterConfig, pad_id: int):
+        actor = ray.remote(LearnerWorker)
+        self.cfg, self.grpo, self.cluster = cfg, grpo, cluster
+        self.size = cfg.num_learners
+        self.actors = [
+            actor.options(**placement.options("learner", rank, run, cluster)).remote(rank, self.size, model_path, cfg, grpo)
+            for rank in range(self.size)
+        ]
+        master_addr, master_port = self._call("address", what="learner-0 to pick a rendezvous address", ranks=[0])[0]
+        self._call("setup", master_addr, master_port, pad_id, what="the learner group to form its process group", timeout=cfg.init_timeout_s)
+
+    def _call(self, method: str, *args, what: str, ranks: list[int] | None = None, timeout: float | None = None, per_rank: list | None = None):
+        targets = ranks if ranks is not None else range(self.size)
+        refs = [
+            getattr(self.actors[r], method).remote(*((per_rank[r],) if per_rank is not None else ()), *args)
+            for r in targets
+        ]
+        return wait_all(refs, timeout or self.cluster.call_timeout_s, what)
+
+    def sft_step(self, sequences: list[Sequence]) -> dict[str, float]:
+        target_tokens = sum(len(s.completion) for s in sequences)
+        stats = self._call("sft_step", float(target_tokens), per_rank=shard(sequences, self.size), what="sft_step on the learner group")
+        return combine(stats)
+
+    def grpo_step(self, sequences: list[Sequence]) -> dict[str, float]:
+        if self.grpo.loss_aggregation == "sequence_mean":
+            normalizer = float(len(sequences))
+        else:
+            normalizer = float(sum(len(s.completion) for s in sequences))
+        stats = self._call("grpo_step", normalizer, per_rank=shard(sequences, self.size), what="grpo_step on the learner group")
+        return combine(stats)
+
+    def export_weights(self) -> tuple[ray.ObjectRef, list[ray.ObjectRef]]:
+        """Rank 0's full state dict as an object ref (every rank joins the ZeRO-3 gather)."""
+        refs = [a.export_weights.remote() for a in self.actors]
+        return refs[0], refs
+
+    def save(self, folder: str) -> None:
+        self._call("save", folder, what=f"the learner group to save {folder}")
+
+    def load(self, folder: str) -> None:
+        self._call("load", folder, what=f"the learner group to load {folder}")
+
+    def shutdown(self) -> None:
+        try:
+            self._call("shutdown", what="learner shutdown", timeout=60)
+        finally:
+            for actor in self.actors:
+                ray.kill(actor)

@@ -1,0 +1,218 @@
+"""One learner rank: a Ray actor owning a DeepSpeed ZeRO engine.
+
+Ranks and rendezvous are set by the project (no launcher): the group asks rank 0 for an address,
+then every rank joins `torch.distributed` over gloo (CPU) or NCCL (GPU) and builds its engine.
+Every rank runs the same sequence of collective calls; the group makes sure of that.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import timedelta
+
+import torch
+
+from learner.batching import MicroBatch, Sequence, micro_batches
+from learner.config import LearnerConfig
+from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
+
+
+def free_address() -> tuple[str, int]:
+    """This node's IP and a free TCP port, for rank 0 to host the rendezvous."""
+    import ray
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+class LearnerWorker:
+    def __init__(self, rank: int, world_size: int, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig):
+        self.rank, self.world_size = rank, world_size
+        self.model_path, self.cfg, self.grpo = model_path, cfg, grpo
+        torch.set_num_threads(cfg.torch_threads)
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.engine = None
+        self.reference = None
+        self.pad_id = 0
+
+    def address(self) -> tuple[str, int]:
+        return free_address()
+
+    def setup(self, master_addr: str, master_port: int, pad_id: int) -> int:
+        """Join the process group and build the engine (and the reference model if KL is on)."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        os.environ.update(
+            RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
+            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
+        )
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=self.cfg.init_timeout_s))
+        self.pad_id = pad_id
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        if self.cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.sft_lr, weight_decay=self.cfg.weight_decay)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": self.cfg.micro_batch_size,
+            "gradient_accumulation_steps": 1,  # set per step: see _optimizer_step
+            "gradient_clipping": self.cfg.max_grad_norm,
+            "zero_optimization": {"stage": self.cfg.zero_stage},
+            "bf16": {"enabled": self.cfg.precision == "bf16"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        if self.grpo.kl_coef > 0:
+            # A frozen copy of the starting policy; small students fit on every rank.
+            self.reference = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(self.device).eval()
+            self.reference.requires_grad_(False)
+        return self.rank
+
+    # ------------------------------------------------------------------------------------------
+    # forward helpers
+
+    def _logits(self, model, batch: MicroBatch) -> torch.Tensor:
+        out = model(input_ids=batch.input_ids.to(self.device), attention_mask=batch.attention_mask.to(self.device))
+        return out.logits[:, :-1]
+
+    @torch.no_grad()
+    def _log_probs(self, model, batches: list[MicroBatch]) -> list[torch.Tensor]:
+        return [token_log_probs(self._logits(model, b), b.targets.to(self.device)).cpu() for b in batches]
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _optimizer_step(self, batches: list[MicroBatch], loss_of) -> tuple[float, float]:
+        """One optimizer step over all micro-batches; returns (summed loss, grad norm).
+
+        `loss_of(index, batch)` must already be normalised by the global token count and
+        multiplied by the world size, since DeepSpeed averages gradients over ranks.
+        """
+        total = 0.0
+        for i, batch in enumerate(batches):
+            self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
+            loss = loss_of(i, batch)
+            self.engine.backward(loss, scale_wrt_gas=False)
+            total += loss.item()
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return total / self.world_size, float(norm) if norm is not None else float("nan")
+
+    # ------------------------------------------------------------------------------------------
+    # steps
+
+    def sft_step(self, sequences: list[Sequence], normalizer: float) -> dict[str, float]:
+        """Stage 1: cross-entropy on target tokens; `normalizer` counts them over all ranks."""
+        start = time.perf_counter()
+        self.engine.train()
+        self._set_lr(self.cfg.sft_lr)
+        batches = micro_batches(sequences, self.cfg.micro_batch_size, self.pad_id)
+        scale = self.world_size / max(1.0, normalizer)
+
+        def loss_of(_, batch):
+            logits = self.engine(input_ids=batch.input_ids.to(self.device), attention_mask=batch.attention_mask.to(self.device)).logits
+            # summed over target tokens, then scaled to the global mean (see _optimizer_step)
+            return sft_loss(logits, batch.sft_labels().to(self.device), num_tokens=1.0) * scale
+
+        loss, norm = self._optimizer_step(batches, loss_of)
+        tokens = sum(len(s.prompt) + len(s.completion) for s in sequences)
+        return {"loss": loss, "grad_norm": norm, "tokens": tokens, "seconds": time.perf_counter() - start}
+
+    def grpo_step(self, sequences: list[Sequence], normalizer: float) -> dict[str, float]:
+        """Stages 2-3: recompute old (and reference) log-probs, then `policy_epochs` updates.
+
+        `normalizer` is the global count the loss is averaged over: completion tokens of all ranks
+        ('token_mean') or their number of sequences ('sequence_mean').
+        """
+        start = time.perf_counter()
+        self._set_lr(self.cfg.grpo_lr)
+        batches = micro_batches(sequences, self.cfg.micro_batch_size, self.pad_id)
+        self.engine.eval()
+        old = self._log_probs(self.engine, batches)
+        ref = self._log_probs(self.reference, batches) if self.reference is not None else [None] * len(batches)
+        self.engine.train()
+        per_sequence = self.grpo.loss_aggregation == "sequence_mean"
+        sums = dict.fromkeys(("clip_fraction", "approx_kl_old", "kl", "entropy", "tokens"), 0.0)
+        losses, norms = [], []
+
+        def loss_of(i: int, batch: MicroBatch) -> torch.Tensor:
+            logits = self._logits(self.engine, batch)
+            mask = batch.loss_mask.to(self.device)
+            loss, stats = grpo_loss(
+                token_log_probs(logits, batch.targets.to(self.device)), old[i].to(self.device),
+                batch.advantages.to(self.device), mask, self.grpo,
+                ref_log_probs=None if ref[i] is None else ref[i].to(self.device),
+                num_tokens=None if per_sequence else normalizer,
+            )
+            if per_sequence:  # this micro-batch's mean -> its share of the global sequence mean
+                loss = loss * len(batch.index) / normalizer
+            tokens = mask.sum().item()
+            with torch.no_grad():
+                stats["entropy"] = (entropy_from_logits(logits) * mask).sum().item() / max(1.0, tokens)
+            for key in ("clip_fraction", "approx_kl_old", "kl", "entropy"):
+                sums[key] += stats.get(key, 0.0) * tokens
+            sums["tokens"] += tokens
+            # DeepSpeed averages gradients over ranks; undo that to keep the global normaliser.
+            return loss * self.world_size
+
+        for _ in range(self.grpo.policy_epochs):
+            loss, norm = self._optimizer_step(batches, loss_of)
+            losses.append(loss)
+            norms.append(norm)
+        weight = max(1.0, sums.pop("tokens"))
+        result = {key: value / weight for key, value in sums.items()}
+        result.update(
+            completion_tokens=weight,
+            loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms),
+            tokens=sum(len(s.prompt) + len(s.completion) for s in sequences) * self.grpo.policy_epochs,
+            seconds=time.perf_counter() - start,
+        )
+        return result
+
+    # ------------------------------------------------------------------------------------------
+    # weights and checkpoints
+
+    def _full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full parameters on rank 0 (gathered under ZeRO-3; every rank must call this)."""
+        import deepspeed
+
+        module = self.engine.module
+        if self.cfg.zero_stage == 3:
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if self.rank == 0 else None
+            return state
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if self.rank == 0 else None
+
+    def export_weights(self) -> dict[str, torch.Tensor] | None:
+        """What the rollout workers load after an update: the full state dict, from rank 0."""
+        return self._full_state_dict()
+
+    def save(self, folder: str) -> None:
+        """A `save_pretrained` folder (rank 0) plus the DeepSpeed state to resume (every rank)."""
+        state = self._full_state_dict()
+        if self.rank == 0:
+            self.engine.module.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        self.engine.save_checkpoint(os.path.join(folder, "deepspeed"), tag="state")
+
+    def load(self, folder: str) -> None:
+        path, _ = self.engine.load_checkpoint(os.path.join(folder, "deepspeed"), tag="state")
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed state under {folder}/deepspeed")
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if self.engine is not None:
+            self.engine.destroy()
+        if dist.is_initialized():
+            dist.destroy_process_group()

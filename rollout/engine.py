@@ -1,0 +1,81 @@
+"""The vLLM engine wrapper: generate groups from token ids, reload weights in place.
+
+No Ray here: the same class serves the Ray actor, benchmarks and evaluation in-process. The engine
+runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that weights reach it as plain tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from rollout.config import RolloutConfig
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: tuple[int, ...]
+    text: str
+    # log-prob of each sampled token under the engine's (behaviour) policy, when asked for
+    logprobs: tuple[float, ...] | None
+    finish_reason: str
+
+
+class RolloutEngine:
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if not torch.cuda.is_available():
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gb)
+        torch.set_num_threads(cfg.torch_threads)
+        from vllm import LLM
+
+        # A per-request seed crashes vLLM-CPU ("CPU Generator does not use offset"): seed the engine.
+        self.llm = LLM(
+            model=model_path,
+            dtype=cfg.dtype,
+            seed=seed,
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enable_prefix_caching=True,  # the G samples of one prompt share its prefill
+        )
+        self.cfg = cfg
+        self.version = 0
+
+    def generate(
+        self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int, logprobs: bool = True
+    ) -> list[list[Completion]]:
+        """For each prompt (token ids), `n` completions, in prompt order."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_tokens,
+            logprobs=0 if logprobs else None,
+        )
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        return [[_completion(c, logprobs) for c in out.outputs] for out in outputs]
+
+    def load_weights(self, weights: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], version: int) -> int:
+        """Replace the engine's weights in place; returns the bytes loaded."""
+        items = list(weights.items()) if isinstance(weights, dict) else list(weights)
+
+        def reload(worker):
+            # `model.load_weights` after start-up fails on CPU (the backend repacks weights);
+            # `reload_weights` takes the whole checkpoint path again and works on CPU and GPU.
+            worker.reload_weights(weights_iterator=iter(items))
+
+        self.llm.collective_rpc(reload)
+        # Cached prefixes hold keys/values of the old weights.
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return sum(t.numel() * t.element_size() for _, t in items)
+
+
+def _completion(output, with_logprobs: bool) -> Completion:
+    logprobs = None
+    if with_logprobs and output.logprobs is not None:
+        logprobs = tuple(step[token].logprob for step, token in zip(output.logprobs, output.token_ids))
+    return Completion(tuple(output.token_ids), output.text, logprobs, output.finish_reason or "")

@@ -1,0 +1,27 @@
+"""The rollout worker: a Ray actor that owns one vLLM engine and reports its weight version."""
+
+from __future__ import annotations
+
+import time
+
+from rollout.config import RolloutConfig
+from rollout.engine import Completion, RolloutEngine
+
+
+class RolloutWorker:
+    def __init__(self, index: int, model_path: str, cfg: RolloutConfig, seed: int):
+        self.index = index
+        # Distinct seeds so that the workers' groups are not copies of each other.
+        self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index)
+
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int, logprobs: bool = True) -> tuple[list[list[Completion]], int, float]:
+        """Completions, the weight version that produced them, and the seconds it took."""
+        start = time.perf_counter()
+        out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs)
+        return out, self.engine.version, time.perf_counter() - start
+
+    def load_weights(self, weights, version: int) -> int:
+        return self.engine.load_weights(weights, version)
+
+    def version(self) -> int:
+        return self.engine.version
