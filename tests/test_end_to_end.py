@@ -1,0 +1,61 @@
+"""The whole job as a user runs it: a subprocess, its own local Ray, the tiny config."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_job(*args, timeout=600):
+    command = [sys.executable, "-m", "launch.train", *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout
+
+
+def tiny_args(model, out):
+    return ["--config", "launch/configs/tiny.yaml", f"model.path={model}", f"run.output_dir={out}", "cluster.address=local"]
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_three_stages_end_to_end(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    stdout = run_job(*tiny_args(tiny_model_dir, tmp_path))
+    run_dir = tmp_path / "tiny"
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["000002-stage1-sft", "000004-stage2-grpo", "000005-stage3-rewrite"], stdout
+    for name in checkpoints:
+        model = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / name, dtype=torch.float32)
+        assert model.config.num_hidden_layers == 2
+    stages = [r["stage"] for r in records(run_dir)]
+    assert stages.count("sft") == 2 and stages.count("grpo") == 2 and stages.count("rewrite") == 1
+    grpo = [r for r in records(run_dir) if r["stage"] == "grpo"]
+    for key in ("reward_mean", "reward_std", "accuracy", "completion_tokens", "clip_fraction", "kl",
+                "rollout_tokens_per_s", "learner_tokens_per_s", "sync_s", "weight_version"):
+        assert key in grpo[0], key
+    assert [r["weight_version"] for r in grpo] == [2, 3]  # one sync after stage 1, one per GRPO step
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results) == {"before", "after-stage1", "after-stage2", "after-stage3"}
+    assert (run_dir / "failures.jsonl").is_file() and any((run_dir / "tensorboard").iterdir())
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["learner"]["num_learners"] == 2
+
+
+def test_resume_after_stage1_does_not_repeat_it(tiny_model_dir, tmp_path):
+    run_job(*tiny_args(tiny_model_dir, tmp_path), "--stop-after-stage", "1")
+    run_dir = tmp_path / "tiny"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["000002-stage1-sft"]
+    stdout = run_job("--resume", str(run_dir), "cluster.address=local")
+    assert "resumed from" in stdout and "stage 2, step 0" in stdout
+    stages = [r["stage"] for r in records(run_dir)]
+    assert stages.count("sft") == 2  # not repeated
+    assert stages.count("grpo") == 2 and stages.count("rewrite") == 1
+    assert len(list((run_dir / "checkpoints").iterdir())) == 3
