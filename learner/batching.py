@@ -1,7 +1,10 @@
 """Turn token sequences into padded tensors and micro-batches (pure torch, no Ray).
 
-A training sequence is `prompt + completion`; the model's logits at position t predict token t+1,
-so per-token quantities (log-probs, advantages, loss mask) live on the shifted axis of length T-1.
+Sequences are left-padded, so every completion ends at the last position; the model then computes
+logits only for the last `keep + 1` positions (`logits_to_keep`), where `keep` is the longest
+completion of the micro-batch. Prompt tokens never reach the vocabulary projection, which is a
+large share of the cost of a small model with a big vocabulary. Explicit position ids keep every
+sequence starting at position 0, as in vLLM.
 """
 
 from __future__ import annotations
@@ -9,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from learner.grpo import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -24,36 +25,39 @@ class Sequence:
 
 @dataclass
 class MicroBatch:
-    input_ids: torch.Tensor  # [B, T], right-padded
+    input_ids: torch.Tensor  # [B, T], left-padded
     attention_mask: torch.Tensor  # [B, T]
-    loss_mask: torch.Tensor  # [B, T-1], 1.0 where the target token is a completion token
+    position_ids: torch.Tensor  # [B, T]
+    targets: torch.Tensor  # [B, keep]: the last `keep` tokens, predicted by the logits before them
+    loss_mask: torch.Tensor  # [B, keep]: 1.0 on completion tokens
     advantages: torch.Tensor  # [B]
     index: list[int]  # positions of these sequences in the caller's list
 
     @property
-    def targets(self) -> torch.Tensor:
-        return self.input_ids[:, 1:]
+    def keep(self) -> int:
+        return self.targets.size(1)
 
-    def sft_labels(self) -> torch.Tensor:
-        """Labels for `sft_loss`: the input ids with every non-target position ignored."""
-        labels = torch.full_like(self.input_ids, IGNORE_INDEX)
-        labels[:, 1:] = torch.where(self.loss_mask.bool(), self.targets, IGNORE_INDEX)
-        return labels
+    def model_inputs(self, device: torch.device) -> dict[str, torch.Tensor | int]:
+        return {
+            "input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device),
+            "position_ids": self.position_ids.to(device), "logits_to_keep": self.keep + 1,
+        }
 
 
 def collate(sequences: list[Sequence], index: list[int], pad_id: int) -> MicroBatch:
     length = max(len(s.prompt) + len(s.completion) for s in sequences)
+    keep = max(len(s.completion) for s in sequences)
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(sequences), length), dtype=torch.long)
-    loss_mask = torch.zeros((len(sequences), length - 1), dtype=torch.float32)
+    loss_mask = torch.zeros((len(sequences), keep), dtype=torch.float32)
     for row, seq in enumerate(sequences):
         tokens = seq.prompt + seq.completion
-        input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        attention[row, : len(tokens)] = 1
-        # target position t-1 predicts token t; completion tokens start at len(prompt)
-        loss_mask[row, len(seq.prompt) - 1 : len(tokens) - 1] = 1.0
+        input_ids[row, length - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+        attention[row, length - len(tokens) :] = 1
+        loss_mask[row, keep - len(seq.completion) :] = 1.0
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     advantages = torch.tensor([s.advantage for s in sequences], dtype=torch.float32)
-    return MicroBatch(input_ids, attention, loss_mask, advantages, index)
+    return MicroBatch(input_ids, attention, positions, input_ids[:, length - keep :], loss_mask, advantages, index)
 
 
 def micro_batches(sequences: list[Sequence], size: int, pad_id: int) -> list[MicroBatch]:

@@ -33,7 +33,7 @@ class LearnerGroup:
         self.cfg, self.grpo, self.cluster = cfg, grpo, cluster
         self.size = cfg.num_learners
         self.actors = [
-            actor.options(**placement.options("learner", rank, run, cluster)).remote(rank, self.size, model_path, cfg, grpo)
+            actor.options(**placement.options("learner", rank, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})).remote(rank, self.size, model_path, cfg, grpo)
             for rank in range(self.size)
         ]
         master_addr, master_port = self._call("address", what="learner-0 to pick a rendezvous address", ranks=[0])[0]

@@ -10,11 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from launch.config import option
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -107,18 +104,9 @@ def grpo_loss(
     return loss, stats
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: float | None = None) -> torch.Tensor:
-    """Next-token cross-entropy on target tokens only: prompt and padding carry IGNORE_INDEX.
+def sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, num_tokens: float | None = None) -> torch.Tensor:
+    """Cross-entropy on target tokens only: `mask` is 0 on prompt and padding positions.
 
-    `logits[:, t]` predicts `labels[:, t + 1]`; the shift is done here.
+    `logits[:, t]` must already be the prediction of `targets[:, t]` (shifted by the caller).
     """
-    shifted_logits = logits[:, :-1].float()
-    shifted_labels = labels[:, 1:]
-    per_token = F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.size(-1)),
-        shifted_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    count = (shifted_labels != IGNORE_INDEX).sum().clamp(min=1)
-    return per_token / (num_tokens if num_tokens is not None else count)
+    return masked_mean(-token_log_probs(logits, targets), mask.float(), num_tokens)

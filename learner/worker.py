@@ -81,8 +81,8 @@ class LearnerWorker:
     # forward helpers
 
     def _logits(self, model, batch: MicroBatch) -> torch.Tensor:
-        out = model(input_ids=batch.input_ids.to(self.device), attention_mask=batch.attention_mask.to(self.device))
-        return out.logits[:, :-1]
+        """Logits aligned with `batch.targets` (only the positions that predict them)."""
+        return model(**batch.model_inputs(self.device)).logits[:, :-1]
 
     @torch.no_grad()
     def _log_probs(self, model, batches: list[MicroBatch]) -> list[torch.Tensor]:
@@ -120,9 +120,9 @@ class LearnerWorker:
         scale = self.world_size / max(1.0, normalizer)
 
         def loss_of(_, batch):
-            logits = self.engine(input_ids=batch.input_ids.to(self.device), attention_mask=batch.attention_mask.to(self.device)).logits
+            logits = self._logits(self.engine, batch)
             # summed over target tokens, then scaled to the global mean (see _optimizer_step)
-            return sft_loss(logits, batch.sft_labels().to(self.device), num_tokens=1.0) * scale
+            return sft_loss(logits, batch.targets.to(self.device), batch.loss_mask.to(self.device), num_tokens=1.0) * scale
 
         loss, norm = self._optimizer_step(batches, loss_of)
         tokens = sum(len(s.prompt) + len(s.completion) for s in sequences)

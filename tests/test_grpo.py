@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from learner.grpo import (
-    IGNORE_INDEX,
     GRPOConfig,
     entropy_from_logits,
     grpo_loss,
@@ -99,11 +98,12 @@ def test_token_log_probs_and_entropy():
 
 def test_sft_loss_ignores_prompt_tokens():
     logits = torch.zeros(1, 3, 3, requires_grad=True)
-    labels = torch.tensor([[IGNORE_INDEX, 1, 2]])
-    loss = sft_loss(logits, labels)
+    targets = torch.tensor([[0, 1, 2]])
+    loss = sft_loss(logits, targets, torch.tensor([[0.0, 1.0, 1.0]]))
     assert loss.item() == pytest.approx(math.log(3))
-    only_last = sft_loss(logits, torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 2]]))
+    only_last = sft_loss(logits, targets, torch.tensor([[0.0, 0.0, 1.0]]))
     only_last.backward()
-    assert torch.count_nonzero(logits.grad[0, 0]) == 0  # it predicts a prompt token
-    assert torch.count_nonzero(logits.grad[0, 1]) == 3
-    assert torch.count_nonzero(logits.grad[0, 2]) == 0  # the last position predicts nothing
+    assert torch.count_nonzero(logits.grad[0, :2]) == 0  # prompt positions get no gradient
+    assert torch.count_nonzero(logits.grad[0, 2]) == 3
+    summed = sft_loss(torch.zeros(1, 3, 3), targets, torch.ones(1, 3), num_tokens=1.0)
+    assert summed.item() == pytest.approx(3 * math.log(3))

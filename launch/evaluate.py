@@ -1,0 +1,88 @@
+"""Evaluate a student: greedy, the question alone, <= 512 new tokens (the paper's protocol).
+
+    python -m launch.evaluate --model PATH --data gsm8k:test --limit 500 --out runs/eval-base
+
+Writes `eval.json` (n, accuracy, mean generated tokens, format adherence, share of reasoning steps
+whose arithmetic checks out) and `samples.jsonl`. With `--workers N` it runs on N rollout workers
+of a Ray cluster; by default it runs one vLLM engine in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from curriculum.data import DataError, load_problems
+from curriculum.evaluation import evaluate
+from curriculum.prompter import Prompter
+from learner.models import ModelError, resolve_model
+from rollout.config import RolloutConfig
+
+
+class InProcessRollout:
+    """One vLLM engine in this process, behind the rollout group's `generate` signature."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0):
+        from rollout.engine import RolloutEngine
+
+        self.engine = RolloutEngine(model_path, cfg, seed)
+
+    def generate(self, prompts, n, temperature, max_tokens, top_p=1.0, logprobs=True):
+        start = time.perf_counter()
+        out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs)
+        return out, {self.engine.version}, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="save_pretrained folder, hub name, or embedded:smollm2-135m-instruct")
+    parser.add_argument("--data", default="gsm8k:test", help="gsm8k:test, a local jsonl/parquet, or hub:NAME[:CONFIG]:SPLIT")
+    parser.add_argument("--limit", type=int, default=0, help="first N problems only (0 = all)")
+    parser.add_argument("--out", required=True, help="folder for eval.json and samples.jsonl")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--max-prompt-tokens", type=int, default=768)
+    parser.add_argument("--workers", type=int, default=0, help="use N rollout workers on a Ray cluster (0 = in-process)")
+    args = parser.parse_args(argv)
+    try:
+        problems = load_problems(args.data, limit=args.limit).problems
+        model_path = resolve_model(args.model)
+    except (DataError, ModelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from transformers import AutoTokenizer
+
+    prompter = Prompter(AutoTokenizer.from_pretrained(model_path), args.max_prompt_tokens)
+    cfg = RolloutConfig(num_workers=max(1, args.workers), max_model_len=args.max_prompt_tokens + args.max_new_tokens)
+    start = time.perf_counter()
+    if args.workers:
+        import ray
+
+        from cluster.config import ClusterConfig
+        from cluster.placement import place
+        from rollout.group import RolloutGroup
+
+        ray.init(address="auto")
+        cluster = ClusterConfig()
+        placement = place(0, args.workers, cluster)
+        rollout = RolloutGroup(placement, "evaluate", model_path, cfg, cluster, seed=0)
+    else:
+        rollout = InProcessRollout(model_path, cfg)
+    result = evaluate(rollout, prompter, problems, args.max_new_tokens)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {k: v for k, v in asdict(result).items() if k != "samples"}
+    summary.update(model=args.model, data=args.data, seconds=time.perf_counter() - start)
+    (out / "eval.json").write_text(json.dumps(summary, indent=1))
+    with (out / "samples.jsonl").open("w") as handle:
+        for sample in result.samples:
+            handle.write(json.dumps(sample) + "\n")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from learner.batching import Sequence, collate, micro_batches, shard
+from learner.grpo import token_log_probs
+
+
+def test_left_padding_layout():
+    batch = collate([Sequence([1, 2, 3], [4, 5]), Sequence([6], [7, 8, 9])], [0, 1], pad_id=0)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5], [0, 6, 7, 8, 9]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 0, 1, 2, 3]]
+    assert batch.keep == 3
+    assert batch.targets.tolist() == [[3, 4, 5], [7, 8, 9]]
+    assert batch.loss_mask.tolist() == [[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+
+
+def test_micro_batches_cover_everything_once():
+    sequences = [Sequence([1] * (i % 5 + 1), [2] * (i % 3 + 1)) for i in range(11)]
+    batches = micro_batches(sequences, 4, pad_id=0)
+    assert sorted(i for b in batches for i in b.index) == list(range(11))
+    assert [len(b.index) for b in batches] == [4, 4, 3]
+    assert sum(b.loss_mask.sum().item() for b in batches) == sum(len(s.completion) for s in sequences)
+
+
+def test_kept_logits_match_a_full_unpadded_forward():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    model = LlamaForCausalLM(config).eval()
+    sequences = [Sequence([5, 6, 7, 8], [9, 10]), Sequence([11], [12, 13, 14])]
+    batch = collate(sequences, [0, 1], pad_id=0)
+    with torch.no_grad():
+        logits = model(**batch.model_inputs(torch.device("cpu"))).logits[:, :-1]
+        batched = token_log_probs(logits, batch.targets)
+        for row, seq in enumerate(sequences):
+            ids = torch.tensor([seq.prompt + seq.completion])
+            alone = token_log_probs(model(input_ids=ids).logits[:, :-1], ids[:, 1:])[0, -len(seq.completion):]
+            got = batched[row][batch.loss_mask[row].bool()]
+            assert torch.allclose(got, alone, atol=1e-5)
+
+
+def test_shard_is_even():
+    assert shard(list(range(6)), 3) == [[0, 1], [2, 3], [4, 5]]
+    try:
+        shard(list(range(5)), 2)
+    except ValueError as err:
+        assert "do not split evenly" in str(err)
+    else:
+        raise AssertionError("expected an error")
