@@ -10,14 +10,21 @@ from launch.config import option
 
 @dataclass
 class ClusterConfig:
-    address: str = option("auto", "Ray cluster to join: 'auto' finds a running one (ray start / ray job submit) or starts a local one; 'local' always starts a local one.")
-    num_cpus: int = option(0, "When starting a local Ray: logical CPUs to declare (0 = this machine's count).")
+    address: str = option("auto", "Ray cluster: 'auto' joins the one of RAY_ADDRESS / `ray start` / `ray job submit`, else starts one here; 'local' always starts one here; or a cluster address.")
+    num_cpus: int = option(0, "When starting Ray here: logical CPUs to declare (0 = this machine's count).")
     cpus_per_learner: float = option(1.0, "Logical CPUs reserved per learner actor (may be fractional).")
     gpus_per_learner: float = option(0.0, "GPUs per learner actor (1 on a GPU cluster, 0 on CPU).")
     cpus_per_rollout: float = option(1.0, "Logical CPUs reserved per rollout worker.")
     gpus_per_rollout: float = option(0.0, "GPUs per rollout worker (its vLLM engine's tensor-parallel size when > 1).")
     colocate: bool = option(False, "Put rollout worker i in the same placement bundle as learner i (one GPU shared); else every actor has its own bundle.")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = option("PACK", "Ray placement-group strategy for the bundles.")
+    weight_transport: Literal["auto", "object_store", "nccl"] = option("auto", "Learner -> rollout weight sync: 'object_store' (Ray shared memory, any device), 'nccl' (GPU broadcast from learner rank 0 to every vLLM worker), 'auto' = nccl when the actors have GPUs.")
+    bucket_mb: int = option(256, "NCCL transport: parameters are broadcast in flat buckets of about this many MiB.")
     placement_timeout_s: float = option(120.0, "Seconds to wait for the placement group's resources.")
     call_timeout_s: float = option(1800.0, "Seconds any one remote call (generate, train step, save) may take before the run stops with an error naming it.")
     sync_timeout_s: float = option(300.0, "Seconds a weight sync to the rollout workers may take.")
+
+    def transport(self) -> str:
+        if self.weight_transport != "auto":
+            return self.weight_transport
+        return "nccl" if self.gpus_per_learner and self.gpus_per_rollout else "object_store"

@@ -1,10 +1,15 @@
 """Learner -> rollout weight broadcast, with its version number, timing and size.
 
-CPU transport (and the default everywhere): learner rank 0 gathers the full parameters (under
-ZeRO-3 every rank joins the gather), returns them into Ray's object store, and every rollout
-worker reads that one object and reloads its vLLM engine in place. On one box the object store
-is shared memory, so the weights are written once and read by every worker without a second copy
-through a network collective.
+Two transports, chosen by `cluster.weight_transport`:
+- object_store (CPU, and any device): learner rank 0 gathers the full parameters (under ZeRO-3
+  every rank joins the gather) and returns them into Ray's object store; every rollout worker
+  reads that one object and reloads its vLLM engine in place. On one box the object store is
+  shared memory, so the weights are written once and read by every worker without a network hop.
+- nccl (GPU): learner rank 0 and every vLLM worker form one stateless NCCL group; parameters go
+  out in flat buckets while the vLLM workers receive them through their worker extension
+  (`rollout/nccl_receiver.py`). Written against vLLM's worker-extension API; not run by the CPU
+  test suite.
+Every sync is bounded by `cluster.sync_timeout_s` and fails with a message naming what it waited for.
 """
 
 from __future__ import annotations
@@ -24,10 +29,35 @@ class SyncResult:
     bytes: int
 
 
-def sync_weights(learners: LearnerGroup, rollout: RolloutGroup, version: int) -> SyncResult:
-    start = time.perf_counter()
-    weights, all_ranks = learners.export_weights()
-    loaded = rollout.load_weights(weights, version)
-    # Ranks other than 0 return nothing, but their gather must have finished too.
-    wait_all(all_ranks, rollout.cluster.sync_timeout_s, f"learners to export weight version {version}")
-    return SyncResult(version, time.perf_counter() - start, loaded)
+class WeightSync:
+    def __init__(self, learners: LearnerGroup, rollout: RolloutGroup):
+        self.learners, self.rollout = learners, rollout
+        self.cluster = rollout.cluster
+        self.transport = self.cluster.transport()
+        self.buckets = None
+        if self.transport == "nccl":
+            self._form_nccl_group()
+
+    def _form_nccl_group(self) -> None:
+        host, port = self.learners.address()
+        tp = self.rollout.cfg.tensor_parallel_size
+        world_size = 1 + len(self.rollout.workers) * tp
+        timeout = int(self.cluster.sync_timeout_s)
+        refs = [self.learners.actors[0].join_weight_group.remote(host, port, world_size, timeout)]
+        refs += [w.join_weight_group.remote(host, port, 1 + i * tp, world_size, timeout) for i, w in enumerate(self.rollout.workers)]
+        wait_all(refs, self.cluster.sync_timeout_s, f"learner-0 and {len(self.rollout.workers)} rollout worker(s) to form the NCCL weight group")
+        self.buckets = self.learners.weight_buckets(self.cluster.bucket_mb)
+
+    def sync(self, version: int) -> SyncResult:
+        start = time.perf_counter()
+        timeout = self.cluster.sync_timeout_s
+        if self.transport == "nccl":
+            receive = [w.receive_weights.remote(self.buckets, version) for w in self.rollout.workers]
+            send = [a.send_weights.remote(self.buckets) for a in self.learners.actors]
+            received = wait_all(receive + send, timeout, f"the NCCL broadcast of weight version {version}")[0]
+        else:
+            weights, all_ranks = self.learners.export_weights()
+            received = self.rollout.load_weights(weights, version)
+            # Ranks other than 0 return nothing, but their gather must have finished too.
+            wait_all(all_ranks, timeout, f"learners to export weight version {version}")
+        return SyncResult(version, time.perf_counter() - start, received)

@@ -18,12 +18,15 @@ where to continue, so `--resume` never repeats a finished stage.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from cluster.metrics import MetricsSink
 from cluster.placement import place
-from cluster.weight_sync import SyncResult, sync_weights
+from cluster.weight_sync import SyncResult, WeightSync
 from curriculum import steps
 from curriculum.data import Problem
 from curriculum.evaluation import evaluate, mine_failures
@@ -48,11 +51,11 @@ class Controller:
         start_path = str(resume_from) if resume_from else model_path
         self.tokenizer = AutoTokenizer.from_pretrained(start_path)
         self.prompter = Prompter(self.tokenizer, cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
-        self.results: dict[str, dict] = {}
         self.metrics = MetricsSink(run.path, cfg.run.name)
         self.placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster)
         self.learners = LearnerGroup(self.placement, run.path.name, start_path, cfg.learner, cfg.grpo, cfg.cluster, self.prompter.pad_id)
         self.rollout = RolloutGroup(self.placement, run.path.name, start_path, cfg.rollout, cfg.cluster, cfg.run.seed)
+        self.weight_sync = WeightSync(self.learners, self.rollout)
         if resume_from:
             self.learners.load(str(resume_from))
             self._log(f"resumed from {resume_from}: stage {self.state.stage}, step {self.state.stage_step}")
@@ -60,7 +63,7 @@ class Controller:
 
     # ------------------------------------------------------------------------------------------
 
-    def run_all(self) -> dict[str, dict]:
+    def run_all(self) -> None:
         try:
             if self.state == RunState():
                 self._evaluate("before")
@@ -76,7 +79,6 @@ class Controller:
                 else:
                     self._log("stage 3 skipped: no persistent failures")
                     self.state = dataclasses.replace(self.state, stage=4, stage_step=0)
-            return self.results
         finally:
             self.close()
 
@@ -91,6 +93,8 @@ class Controller:
     def _run_stage(self, stage: int, budget: int, step_fn) -> None:
         name = STAGE_NAMES[stage]
         self._log(f"stage {stage} ({name}): steps {self.state.stage_step + 1}..{budget}")
+        # A live bar in a terminal; in logs (no tty) the per-step lines say the same.
+        bar = tqdm(total=budget, initial=self.state.stage_step, desc=f"stage {stage} {name}", disable=not sys.stderr.isatty(), leave=False)
         while self.state.stage_step < budget:
             start = time.perf_counter()
             metrics = step_fn(stage, self.state.stage_step, budget)
@@ -98,9 +102,11 @@ class Controller:
             self.state = dataclasses.replace(self.state, stage_step=self.state.stage_step + 1, global_step=self.state.global_step + 1)
             self.metrics.log(self.state.global_step, name, metrics)
             self._log_step(stage, budget, metrics)
+            bar.update()
             every = self.cfg.stages.save_every
             if every and self.state.stage_step % every == 0 and self.state.stage_step < budget:
                 self._checkpoint(f"{name}-step{self.state.stage_step}", stage_end=False)
+        bar.close()
         if stage == 1:
             self._sync()  # stage 1 trains without rollouts; the workers catch up once here
         self._evaluate(f"after-stage{stage}")
@@ -138,7 +144,7 @@ class Controller:
 
     def _sync(self, bump: bool = True) -> SyncResult:
         version = self.state.version + (1 if bump else 0)
-        result = sync_weights(self.learners, self.rollout, version)
+        result = self.weight_sync.sync(version)
         self.state = dataclasses.replace(self.state, version=version)
         return result
 
@@ -166,8 +172,7 @@ class Controller:
         result = evaluate(self.rollout, self.prompter, self.evaluation[:count], self.cfg.rollout.eval_max_new_tokens)
         (self.run.path / "eval").mkdir(exist_ok=True)
         self.run.write_jsonl(f"eval/{label}.jsonl", result.samples)
-        self.results[label] = {"step": self.state.global_step, **result.metrics()}
-        self.metrics.log(self.state.global_step, "eval", {**result.metrics()})
+        self.metrics.log(self.state.global_step, "eval", {"label": label, **result.metrics()})
         self._log(f"eval {label}: accuracy {result.accuracy:.3f}, mean tokens {result.mean_tokens:.1f}, format {result.format_rate:.2f} (n={result.n})")
 
     def _checkpoint(self, label: str, stage_end: bool) -> Path:
@@ -181,7 +186,8 @@ class Controller:
     # ------------------------------------------------------------------------------------------
 
     def _log(self, message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+        tqdm.write(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stdout)
+        sys.stdout.flush()
 
     def _log_step(self, stage: int, budget: int, m: dict[str, float]) -> None:
         head = f"stage {stage} step {self.state.stage_step}/{budget}"

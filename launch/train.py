@@ -10,11 +10,11 @@ bad input ends with one readable line before any actor starts.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from curriculum.data import DataError, load_problems
+from curriculum.report import table, write_report
 from curriculum.run_dir import RunDir
 from launch.config import ConfigError, describe, load_config
 from launch.job_config import JobConfig
@@ -34,17 +34,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def init_ray(cfg: JobConfig) -> None:
-    """Join a running cluster (ray start / ray job submit) or start a local one."""
+    """'auto': join the cluster of RAY_ADDRESS or `ray start`, else start one here; 'local': always
+    start one here (without the dashboard); anything else is a cluster address."""
     import ray
 
-    num_cpus = cfg.cluster.num_cpus or None
-    if cfg.cluster.address == "auto":
-        try:
-            ray.init(address="auto", log_to_driver=True)
-            return
-        except ConnectionError:
-            pass
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    resources = {"num_cpus": cfg.cluster.num_cpus} if cfg.cluster.num_cpus else {}
+    if cfg.cluster.address == "local":
+        ray.init(address="local", include_dashboard=False, **resources)
+    else:
+        ray.init(address=None if cfg.cluster.address == "auto" else cfg.cluster.address, **resources)
 
 
 def prepare(args: argparse.Namespace):
@@ -84,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     if run is None:
         run = RunDir.create(cfg.run.output_dir, cfg.run.name, cfg)
     print(f"run folder: {run.path}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
-    results = Controller(cfg, run, model_path, train, evaluation, resume_from=checkpoint, stop_after_stage=args.stop_after_stage).run_all()
-    (run.path / "results.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps(results, indent=1))
+    Controller(cfg, run, model_path, train, evaluation, resume_from=checkpoint, stop_after_stage=args.stop_after_stage).run_all()
+    report = write_report(run.path)
+    print(table(report["evaluations"]))
+    print(f"report: {run.path / 'report.json'}, {run.path / 'report.png'}")
     return 0
 
 

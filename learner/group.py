@@ -65,6 +65,12 @@ class LearnerGroup:
         refs = [a.export_weights.remote() for a in self.actors]
         return refs[0], refs
 
+    def address(self) -> tuple[str, int]:
+        return self._call("address", what="learner-0 to pick an address", ranks=[0])[0]
+
+    def weight_buckets(self, bucket_mb: int):
+        return self._call("weight_buckets", bucket_mb, what="learner-0 to plan weight buckets", ranks=[0])[0]
+
     def save(self, folder: str) -> None:
         self._call("save", folder, what=f"the learner group to save {folder}")
 

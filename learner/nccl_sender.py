@@ -38,17 +38,20 @@ class NcclWeightSender:
         group = StatelessProcessGroup.create(host=host, port=port, rank=0, world_size=world_size, store_timeout=timeout_s)
         self.comm = PyNcclCommunicator(group, device=torch.cuda.current_device())
 
-    def send(self, module: torch.nn.Module, buckets: list[BucketMeta], zero_stage: int, is_sender: bool) -> None:
-        """Broadcast `module`'s parameters bucket by bucket (every ZeRO-3 rank must call this)."""
-        import deepspeed
+    def broadcast(self, flat: torch.Tensor) -> None:
+        self.comm.broadcast(flat, src=0, stream=torch.cuda.current_stream())
 
-        params = dict(module.named_parameters())
-        for _, entries in buckets:
-            tensors = [params[name] for name, _ in entries]
-            gather = deepspeed.zero.GatheredParameters(tensors, modifier_rank=None) if zero_stage == 3 else nullcontext()
-            with gather:
-                if is_sender:
-                    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-                    self.comm.broadcast(flat, src=0, stream=torch.cuda.current_stream())
-        torch.cuda.synchronize()
 
+def broadcast_buckets(sender: NcclWeightSender | None, module: torch.nn.Module, buckets: list[BucketMeta], zero_stage: int) -> None:
+    """Broadcast `module`'s parameters bucket by bucket; under ZeRO-3 every rank joins the gathers
+    and only rank 0 (the one holding `sender`) sends."""
+    import deepspeed
+
+    params = dict(module.named_parameters())
+    for _, entries in buckets:
+        tensors = [params[name] for name, _ in entries]
+        gather = deepspeed.zero.GatheredParameters(tensors, modifier_rank=None) if zero_stage == 3 else nullcontext()
+        with gather:
+            if sender is not None:
+                sender.broadcast(torch.cat([t.detach().reshape(-1) for t in tensors]))
+    torch.cuda.synchronize()

@@ -37,6 +37,7 @@ class LearnerWorker:
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.engine = None
         self.reference = None
+        self.sender = None  # NCCL weight sender, rank 0 only
         self.pad_id = 0
 
     def address(self) -> tuple[str, int]:
@@ -196,6 +197,28 @@ class LearnerWorker:
     def export_weights(self) -> dict[str, torch.Tensor] | None:
         """What the rollout workers load after an update: the full state dict, from rank 0."""
         return self._full_state_dict()
+
+    def weight_buckets(self, bucket_mb: int):
+        """NCCL transport: how the parameters are packed into broadcast buckets (same on every rank)."""
+        from learner.nccl_sender import plan_buckets
+
+        shapes = [
+            (name, tuple(getattr(p, "ds_shape", p.shape)), p.dtype)
+            for name, p in self.engine.module.named_parameters()
+        ]
+        return plan_buckets(shapes, bucket_mb << 20)
+
+    def join_weight_group(self, host: str, port: int, world_size: int, timeout_s: int) -> None:
+        """NCCL transport: rank 0 hosts the group it forms with every vLLM worker."""
+        from learner.nccl_sender import NcclWeightSender
+
+        self.sender = NcclWeightSender(host, port, world_size, timeout_s) if self.rank == 0 else None
+
+    def send_weights(self, buckets) -> None:
+        if self.cfg.zero_stage == 3 or self.rank == 0:
+            from learner.nccl_sender import broadcast_buckets
+
+            broadcast_buckets(self.sender, self.engine.module, buckets, self.cfg.zero_stage)
 
     def save(self, folder: str) -> None:
         """A `save_pretrained` folder (rank 0) plus the DeepSpeed state to resume (every rank)."""

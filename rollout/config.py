@@ -20,4 +20,5 @@ class RolloutConfig:
     kv_cache_gb: int = option(1, "On CPU: GiB of KV cache per engine (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = option(0.5, "On GPU: share of the GPU's memory the engine may take.")
     enforce_eager: bool = option(True, "Skip graph capture/compilation: faster start, slower decode; turn off for long GPU runs.")
+    tensor_parallel_size: int = option(1, "GPUs per vLLM engine (tensor parallel); set cluster.gpus_per_rollout to match.")
     torch_threads: int = option(1, "CPU threads of the engine's forward pass.")

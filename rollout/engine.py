@@ -25,7 +25,7 @@ class Completion:
 
 
 class RolloutEngine:
-    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int):
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, nccl_receiver: bool = False):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if not torch.cuda.is_available():
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gb)
@@ -41,6 +41,9 @@ class RolloutEngine:
             enforce_eager=cfg.enforce_eager,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enable_prefix_caching=True,  # the G samples of one prompt share its prefill
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            # GPU weight transport: every vLLM worker gets the NCCL receiving methods.
+            worker_extension_cls="rollout.nccl_receiver.NcclWeightReceiver" if nccl_receiver else "",
         )
         self.cfg = cfg
         self.version = 0
@@ -72,6 +75,17 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
         self.version = version
         return sum(t.numel() * t.element_size() for _, t in items)
+
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, timeout_s: int) -> None:
+        self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size, timeout_s))
+
+    def receive_weights(self, buckets, version: int) -> int:
+        """NCCL transport: take part in learner rank 0's broadcast; returns bytes received."""
+        received = self.llm.collective_rpc("receive_weights", args=(buckets,))
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return received[0]
 
 
 def _completion(output, with_logprobs: bool) -> Completion:

@@ -30,7 +30,9 @@ class RolloutGroup:
         actor = ray.remote(RolloutWorker)
         self.cfg, self.cluster = cfg, cluster
         self.workers = [
-            actor.options(**placement.options("rollout", i, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})).remote(i, model_path, cfg, seed)
+            actor.options(**placement.options("rollout", i, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})).remote(
+                i, model_path, cfg, seed, cluster.transport() == "nccl"
+            )
             for i in range(cfg.num_workers)
         ]
         # Engines start in parallel; wait until every one answers.

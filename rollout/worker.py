@@ -9,10 +9,10 @@ from rollout.engine import Completion, RolloutEngine
 
 
 class RolloutWorker:
-    def __init__(self, index: int, model_path: str, cfg: RolloutConfig, seed: int):
+    def __init__(self, index: int, model_path: str, cfg: RolloutConfig, seed: int, nccl_receiver: bool = False):
         self.index = index
         # Distinct seeds so that the workers' groups are not copies of each other.
-        self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index)
+        self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index, nccl_receiver=nccl_receiver)
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int, logprobs: bool = True) -> tuple[list[list[Completion]], int, float]:
         """Completions, the weight version that produced them, and the seconds it took."""
@@ -22,6 +22,12 @@ class RolloutWorker:
 
     def load_weights(self, weights, version: int) -> int:
         return self.engine.load_weights(weights, version)
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, timeout_s: int) -> None:
+        self.engine.join_weight_group(host, port, rank_offset, world_size, timeout_s)
+
+    def receive_weights(self, buckets, version: int) -> int:
+        return self.engine.receive_weights(buckets, version)
 
     def version(self) -> int:
         return self.engine.version

@@ -47,3 +47,15 @@ def test_shard_is_even():
         assert "do not split evenly" in str(err)
     else:
         raise AssertionError("expected an error")
+
+
+def test_nccl_bucket_plan():
+    from learner.nccl_sender import plan_buckets
+
+    shapes = [("a", (1024,), torch.float32), ("b", (512,), torch.float32), ("c", (256,), torch.bfloat16), ("d", (4096,), torch.bfloat16)]
+    buckets = plan_buckets(shapes, bucket_bytes=6 * 1024)
+    assert buckets == [
+        ("float32", [("a", (1024,)), ("b", (512,))]),  # 6 KiB exactly
+        ("bfloat16", [("c", (256,))]),
+        ("bfloat16", [("d", (4096,))]),  # larger than a bucket on its own
+    ]

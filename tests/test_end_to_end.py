@@ -43,8 +43,10 @@ def test_three_stages_end_to_end(tiny_model_dir, tmp_path):
                 "rollout_tokens_per_s", "learner_tokens_per_s", "sync_s", "weight_version"):
         assert key in grpo[0], key
     assert [r["weight_version"] for r in grpo] == [2, 3]  # one sync after stage 1, one per GRPO step
-    results = json.loads((run_dir / "results.json").read_text())
-    assert set(results) == {"before", "after-stage1", "after-stage2", "after-stage3"}
+    report = json.loads((run_dir / "report.json").read_text())
+    assert list(report["evaluations"]) == ["before", "after-stage1", "after-stage2", "after-stage3"]
+    assert "accuracy_gain" in report and "token_ratio" in report and (run_dir / "report.png").stat().st_size > 10_000
+    assert "after-stage3" in stdout  # the closing table
     assert (run_dir / "failures.jsonl").is_file() and any((run_dir / "tensorboard").iterdir())
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["learner"]["num_learners"] == 2
 
@@ -59,3 +61,5 @@ def test_resume_after_stage1_does_not_repeat_it(tiny_model_dir, tmp_path):
     assert stages.count("sft") == 2  # not repeated
     assert stages.count("grpo") == 2 and stages.count("rewrite") == 1
     assert len(list((run_dir / "checkpoints").iterdir())) == 3
+    report = json.loads((run_dir / "report.json").read_text())
+    assert list(report["evaluations"]) == ["before", "after-stage1", "after-stage2", "after-stage3"]

@@ -6,7 +6,7 @@ import torch
 
 from cluster.config import ClusterConfig
 from cluster.placement import place
-from cluster.weight_sync import sync_weights
+from cluster.weight_sync import WeightSync
 from learner.batching import Sequence
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
@@ -36,7 +36,9 @@ def test_weight_broadcast_is_real(ray_session, tiny_model_dir, tmp_path):
         assert versions == {0}
         for _ in range(3):
             learners.sft_step([Sequence(prompt, target)] * 4)
-        result = sync_weights(learners, rollout, version=1)
+        sync = WeightSync(learners, rollout)
+        assert sync.transport == "object_store"
+        result = sync.sync(version=1)
         assert result.version == 1 and result.bytes > 0 and rollout.versions() == [1]
         after, versions = _greedy(rollout, prompt)
         assert versions == {1}
