@@ -16,7 +16,7 @@ class ClusterConfig:
     gpus_per_learner: float = option(0.0, "GPUs per learner actor (1 on a GPU cluster, 0 on CPU).")
     cpus_per_rollout: float = option(1.0, "Logical CPUs reserved per rollout worker.")
     gpus_per_rollout: float = option(0.0, "GPUs per rollout worker (its vLLM engine's tensor-parallel size when > 1).")
-    colocate: bool = option(False, "Put rollout worker i in the same placement bundle as learner i (one GPU shared); else every actor has its own bundle.")
+    colocate: bool = option(False, "Put rollout worker i in the same placement bundle as learner i; with gpus_per_learner = gpus_per_rollout = 0.5 they share one GPU. Else every actor has its own bundle.")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = option("PACK", "Ray placement-group strategy for the bundles.")
     weight_transport: Literal["auto", "object_store", "nccl"] = option("auto", "Learner -> rollout weight sync: 'object_store' (Ray shared memory, any device), 'nccl' (GPU broadcast from learner rank 0 to every vLLM worker), 'auto' = nccl when the actors have GPUs.")
     bucket_mb: int = option(256, "NCCL transport: parameters are broadcast in flat buckets of about this many MiB.")

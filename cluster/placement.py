@@ -74,6 +74,11 @@ def check_fits(bundles: list[dict], available: dict[str, float]) -> None:
             )
 
 
+def check_layout(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> None:
+    """Before anything is written or started: does the layout fit the connected cluster?"""
+    check_fits(bundles_for(num_learners, num_rollout, cfg)[0], ray.cluster_resources())
+
+
 def place(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> Placement:
     bundles, learner_bundles, rollout_bundles = bundles_for(num_learners, num_rollout, cfg)
     check_fits(bundles, ray.cluster_resources())

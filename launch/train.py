@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cluster.placement import PlacementError, check_layout
 from curriculum.data import DataError, load_problems
 from curriculum.report import table, write_report
 from curriculum.run_dir import RunDir
@@ -79,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     from curriculum.controller import Controller
 
     init_ray(cfg)
+    try:
+        check_layout(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster)
+    except PlacementError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if run is None:
         run = RunDir.create(cfg.run.output_dir, cfg.run.name, cfg)
     print(f"run folder: {run.path}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))

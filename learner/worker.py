@@ -138,8 +138,10 @@ class LearnerWorker:
         start = time.perf_counter()
         self._set_lr(self.cfg.grpo_lr)
         batches = micro_batches(sequences, self.cfg.micro_batch_size, self.pad_id)
+        # With one policy epoch the update starts from the weights that are about to be used:
+        # the old log-probs equal the current ones (ratio 1), so their extra forward is skipped.
         self.engine.eval()
-        old = self._log_probs(self.engine, batches)
+        old = self._log_probs(self.engine, batches) if self.grpo.policy_epochs > 1 else None
         ref = self._log_probs(self.reference, batches) if self.reference is not None else [None] * len(batches)
         self.engine.train()
         per_sequence = self.grpo.loss_aggregation == "sequence_mean"
@@ -149,8 +151,9 @@ class LearnerWorker:
         def loss_of(i: int, batch: MicroBatch) -> torch.Tensor:
             logits = self._logits(self.engine, batch)
             mask = batch.loss_mask.to(self.device)
+            log_probs = token_log_probs(logits, batch.targets.to(self.device))
             loss, stats = grpo_loss(
-                token_log_probs(logits, batch.targets.to(self.device)), old[i].to(self.device),
+                log_probs, log_probs.detach() if old is None else old[i].to(self.device),
                 batch.advantages.to(self.device), mask, self.grpo,
                 ref_log_probs=None if ref[i] is None else ref[i].to(self.device),
                 num_tokens=None if per_sequence else normalizer,

@@ -59,3 +59,30 @@ def test_nccl_bucket_plan():
         ("bfloat16", [("c", (256,))]),
         ("bfloat16", [("d", (4096,))]),  # larger than a bucket on its own
     ]
+
+
+def test_single_epoch_reuses_current_log_probs_as_old():
+    """The learner skips the old-log-prob forward when policy_epochs == 1: same loss, same gradients."""
+    from learner.grpo import GRPOConfig, grpo_loss
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    model = LlamaForCausalLM(config)
+    batch = collate([Sequence([5, 6, 7], [9, 10, 11], 1.0), Sequence([12], [13, 14], -1.0)], [0, 1], pad_id=0)
+    inputs = batch.model_inputs(torch.device("cpu"))
+
+    def gradients(old_from_separate_forward: bool):
+        model.zero_grad()
+        if old_from_separate_forward:
+            with torch.no_grad():
+                old = token_log_probs(model(**inputs).logits[:, :-1], batch.targets)
+        log_probs = token_log_probs(model(**inputs).logits[:, :-1], batch.targets)
+        old = old if old_from_separate_forward else log_probs.detach()
+        loss, _ = grpo_loss(log_probs, old, batch.advantages, batch.loss_mask, GRPOConfig())
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    loss_a, grads_a = gradients(True)
+    loss_b, grads_b = gradients(False)
+    assert loss_a == loss_b
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
