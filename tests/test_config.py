@@ -25,7 +25,7 @@ def test_yaml_and_overrides_round_trip(tmp_path):
 
 
 def test_shipped_configs_load():
-    for name in ("smollm2-gsm8k", "tiny", "qwen2.5-3b-paper"):
+    for name in ("smollm2-gsm8k", "smollm2-gsm8k-long", "tiny", "qwen2.5-3b-paper"):
         load_config(JobConfig, f"launch/configs/{name}.yaml")
 
 

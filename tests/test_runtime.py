@@ -85,3 +85,25 @@ def test_zero2_two_learners_match_one(ray_session, tiny_model_dir):
     assert one[1]["loss"] < one[0]["loss"]
     worst = max((weights_one[k] - weights_two[k]).abs().max().item() for k in weights_one)
     assert worst < 1e-5
+
+
+def test_zero3_with_kl_reference_exports_saves_and_reloads(ray_session, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    placement = place(2, 0, CLUSTER)
+    cfg = LearnerConfig(num_learners=2, zero_stage=3, precision="fp32", sft_lr=1e-3)
+    group = LearnerGroup(placement, "zero3", tiny_model_dir, cfg, GRPOConfig(kl_coef=0.1), CLUSTER, pad_id=0)
+    try:
+        sequences = [Sequence([1, 2, 3], [7, 8, 9, 10], 0.5 * (-1) ** i) for i in range(4)]
+        group.sft_step(sequences)
+        stats = group.grpo_step(sequences)
+        assert stats["kl"] > 0  # the policy moved away from the frozen reference in the SFT step
+        weights = ray.get(group.export_weights()[0])  # gathered from the ZeRO-3 partitions
+        group.save(str(tmp_path / "ckpt"))
+        group.load(str(tmp_path / "ckpt"))
+    finally:
+        group.shutdown()
+        placement.remove()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
