@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from cluster.placement import PlacementError, check_layout
 from curriculum.data import DataError, load_problems
