@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from contextlib import nullcontext
 from datetime import timedelta
 
 import torch
@@ -191,11 +192,12 @@ class LearnerWorker:
         import deepspeed
 
         module = self.engine.module
-        if self.cfg.zero_stage == 3:
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if self.rank == 0 else None
-            return state
-        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if self.rank == 0 else None
+        params = list(module.parameters())
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.cfg.zero_stage == 3 else nullcontext()
+        with gather:
+            if self.rank != 0:
+                return None
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
     def export_weights(self) -> dict[str, torch.Tensor] | None:
         """What the rollout workers load after an update: the full state dict, from rank 0."""
