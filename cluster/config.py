@@ -20,6 +20,7 @@ class ClusterConfig:
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = option("PACK", "Ray placement-group strategy for the bundles.")
     weight_transport: Literal["auto", "object_store", "nccl"] = option("auto", "Learner -> rollout weight sync: 'object_store' (Ray shared memory, any device), 'nccl' (GPU broadcast from learner rank 0 to every vLLM worker), 'auto' = nccl when the actors have GPUs.")
     bucket_mb: int = option(256, "NCCL transport: parameters are broadcast in flat buckets of about this many MiB.")
+    rollout_max_restarts: int = option(3, "Times Ray restarts a rollout worker that died; the restarted worker gets the current weights and its lost share of the batch is generated again.")
     placement_timeout_s: float = option(120.0, "Seconds to wait for the placement group's resources.")
     call_timeout_s: float = option(1800.0, "Seconds any one remote call (generate, train step, save) may take before the run stops with an error naming it.")
     sync_timeout_s: float = option(300.0, "Seconds a weight sync to the rollout workers may take.")

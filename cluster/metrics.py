@@ -1,19 +1,47 @@
-"""Metrics sinks: one JSONL line per record, TensorBoard scalars, and Ray dashboard gauges."""
+"""Metrics sinks: one JSONL line per record, TensorBoard scalars, and Ray dashboard gauges.
+
+On resume, what the interrupted run logged after its last checkpoint describes work that is done
+again: those JSONL records move to `metrics.interrupted.jsonl` and TensorBoard purges their steps,
+so that the curves follow the run that continues.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
 
 
+def set_aside_after(run_dir: Path, since: float) -> int:
+    """Move the records logged after time `since` to metrics.interrupted.jsonl; returns how many."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    keep, late = [], []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        (late if line.strip() and json.loads(line)["time"] > since else keep).append(line)
+    if late:
+        with (run_dir / "metrics.interrupted.jsonl").open("a", encoding="utf-8") as handle:
+            handle.writelines(late)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(late)
+
+
 class MetricsSink:
-    def __init__(self, run_dir: Path, run_name: str, use_ray_metrics: bool = True):
+    def __init__(self, run_dir: Path, run_name: str, use_ray_metrics: bool = True, resume_from: Path | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
+        purge_step = None
+        if resume_from is not None:
+            state = resume_from / "state.json"
+            set_aside_after(run_dir, state.stat().st_mtime)
+            purge_step = json.loads(state.read_text())["global_step"] + 1
         self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
         self.run_name = run_name
         self.use_ray_metrics = use_ray_metrics
         self.gauges = {}

@@ -10,6 +10,7 @@ Two transports, chosen by `cluster.weight_transport`:
   (`rollout/nccl_receiver.py`). Written against vLLM's worker-extension API; not run by the CPU
   test suite.
 Every sync is bounded by `cluster.sync_timeout_s` and fails with a message naming what it waited for.
+A rollout worker that Ray restarted is brought to the last synced version by `restore`.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ class WeightSync:
         self.cluster = rollout.cluster
         self.transport = self.cluster.transport()
         self.buckets = None
+        self.version: int | None = None  # last version pushed; None = workers run the starting weights
         if self.transport == "nccl":
             self._form_nccl_group()
+        rollout.restore = self.restore
 
     def _form_nccl_group(self) -> None:
         host, port = self.learners.address()
@@ -45,7 +48,10 @@ class WeightSync:
         timeout = int(self.cluster.sync_timeout_s)
         refs = [self.learners.actors[0].join_weight_group.remote(host, port, world_size, timeout)]
         refs += [w.join_weight_group.remote(host, port, 1 + i * tp, world_size, timeout) for i, w in enumerate(self.rollout.workers)]
-        wait_all(refs, self.cluster.sync_timeout_s, f"learner-0 and {len(self.rollout.workers)} rollout worker(s) to form the NCCL weight group")
+        wait_all(
+            refs, self.cluster.sync_timeout_s, f"learner-0 and {len(self.rollout.workers)} rollout worker(s) to form the NCCL weight group",
+            ["learner-0", *self.rollout.names],
+        )
         self.buckets = self.learners.weight_buckets(self.cluster.bucket_mb)
 
     def sync(self, version: int) -> SyncResult:
@@ -54,10 +60,28 @@ class WeightSync:
         if self.transport == "nccl":
             receive = [w.receive_weights.remote(self.buckets, version) for w in self.rollout.workers]
             send = [a.send_weights.remote(self.buckets) for a in self.learners.actors]
-            received = wait_all(receive + send, timeout, f"the NCCL broadcast of weight version {version}")[0]
+            names = [*self.rollout.names, *(f"learner-{r}" for r in range(len(send)))]
+            received = wait_all(receive + send, timeout, f"the NCCL broadcast of weight version {version}", names)[0]
         else:
-            weights, all_ranks = self.learners.export_weights()
-            received = self.rollout.load_weights(weights, version)
-            # Ranks other than 0 return nothing, but their gather must have finished too.
-            wait_all(all_ranks, timeout, f"learners to export weight version {version}")
+            received = self._push(version, None)
+        self.version = version
         return SyncResult(version, time.perf_counter() - start, received)
+
+    def _push(self, version: int, indices: list[int] | None) -> int:
+        """Object-store transport: export once, load on the workers (all, or `indices`)."""
+        weights, all_ranks = self.learners.export_weights()
+        received = self.rollout.load_weights(weights, version, indices)
+        # Ranks other than 0 return nothing, but their gather must have finished too.
+        wait_all(all_ranks, self.cluster.sync_timeout_s, f"learners to export weight version {version}", self.learners.names)
+        return received
+
+    def restore(self, index: int) -> None:
+        """A restarted rollout worker runs the starting weights: give it the last synced version."""
+        if self.version is None:
+            return
+        if self.transport == "nccl":
+            # The restarted worker lost its communicator; the whole weight group is formed again.
+            self._form_nccl_group()
+            self.sync(self.version)
+        else:
+            self._push(self.version, [index])

@@ -12,7 +12,9 @@
   stage 3  GRPO: rewrite the teacher solution of each persistent failure, much shorter
 
 Every stage ends with an evaluation slice and a checkpoint; `RunState` in each checkpoint says
-where to continue, so `--resume` never repeats a finished stage.
+where to continue, so `--resume` never repeats a finished stage. Batches, task masks and rollout
+sampling are derived from (seed, stage, step): a resumed step draws what the interrupted one drew.
+An update skipped for a non-finite loss or gradient is logged and counted; a run of them stops the run.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from cluster.weight_sync import SyncResult, WeightSync
 from curriculum import steps
 from curriculum.data import Problem
 from curriculum.evaluation import evaluate, mine_failures
+from curriculum.faults import NonFiniteStreak
 from curriculum.prompter import Prompter
 from curriculum.run_dir import RunDir, RunState
-from curriculum.stages import STAGE_NAMES, batch_indices, step_rng
+from curriculum.stages import STAGE_NAMES, batch_indices, sampling_seed, step_rng
 from curriculum.tasks import build_completion_task, build_reconstruction_task, build_rewrite_task, mask_ratio_at
 from learner.group import LearnerGroup
 from rollout.group import RolloutGroup
@@ -51,7 +54,8 @@ class Controller:
         start_path = str(resume_from) if resume_from else model_path
         self.tokenizer = AutoTokenizer.from_pretrained(start_path)
         self.prompter = Prompter(self.tokenizer, cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
-        self.metrics = MetricsSink(run.path, cfg.run.name)
+        self.nonfinite = NonFiniteStreak(cfg.learner.max_nonfinite_updates)
+        self.metrics = MetricsSink(run.path, cfg.run.name, resume_from=resume_from)
         self.placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster)
         self.learners = LearnerGroup(self.placement, run.path.name, start_path, cfg.learner, cfg.grpo, cfg.cluster, self.prompter.pad_id)
         self.rollout = RolloutGroup(self.placement, run.path.name, start_path, cfg.rollout, cfg.cluster, cfg.run.seed)
@@ -100,8 +104,10 @@ class Controller:
             metrics = step_fn(stage, self.state.stage_step, budget)
             metrics["step_s"] = time.perf_counter() - start
             self.state = dataclasses.replace(self.state, stage_step=self.state.stage_step + 1, global_step=self.state.global_step + 1)
+            metrics["nonfinite_updates"] = self.nonfinite.total + int(metrics["skipped_update"])
             self.metrics.log(self.state.global_step, name, metrics)
             self._log_step(stage, budget, metrics)
+            self.nonfinite.record(bool(metrics["skipped_update"]), f"stage {stage} step {self.state.stage_step}")
             bar.update()
             every = self.cfg.stages.save_every
             if every and self.state.stage_step % every == 0 and self.state.stage_step < budget:
@@ -138,7 +144,7 @@ class Controller:
             tasks, self.prompter, self.rollout, self.learners, self.cfg.grpo.group_size, reward,
             self.cfg.rewards.step_check_weight, self.cfg.grpo.scale_advantages_by_std,
             self.cfg.rollout.temperature, self.cfg.rollout.top_p, self.cfg.rollout.max_new_tokens,
-            sync=self._sync, expected_version=self.state.version,
+            sync=self._sync, expected_version=self.state.version, seed=sampling_seed(self.cfg.run.seed, stage, step),
         )
         return {**metrics, **extra}
 
@@ -155,7 +161,7 @@ class Controller:
         start = time.perf_counter()
         failures = mine_failures(
             self.rollout, self.prompter, problems, self.cfg.stages.mining_samples,
-            self.cfg.rollout.temperature, self.cfg.rollout.eval_max_new_tokens,
+            self.cfg.rollout.temperature, self.cfg.rollout.eval_max_new_tokens, seed=sampling_seed(self.cfg.run.seed, 3, -1),
         )
         self.run.write_jsonl("failures.jsonl", [{"index": i, "origin": problems[i].origin, "question": problems[i].question} for i in failures])
         self.state = dataclasses.replace(self.state, failures=failures)
@@ -191,6 +197,8 @@ class Controller:
 
     def _log_step(self, stage: int, budget: int, m: dict[str, float]) -> None:
         head = f"stage {stage} step {self.state.stage_step}/{budget}"
+        if m["skipped_update"]:
+            head += f" SKIPPED (non-finite loss or gradient; {self.nonfinite.in_a_row + 1} in a row)"
         if stage == 1:
             self._log(f"{head} loss {m['loss']:.4f} | learner {m['learner_s']:.1f}s")
         else:

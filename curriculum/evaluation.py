@@ -56,10 +56,12 @@ def evaluate(rollout, prompter: Prompter, problems: list[Problem], max_tokens: i
     )
 
 
-def mine_failures(rollout, prompter: Prompter, problems: list[Problem], k: int, temperature: float, max_tokens: int) -> list[int]:
+def mine_failures(
+    rollout, prompter: Prompter, problems: list[Problem], k: int, temperature: float, max_tokens: int, seed: int | None = None,
+) -> list[int]:
     """Indices of the problems whose k sampled answers (question alone) are all wrong."""
     prompts = [prompter.prompt_ids(build_eval_task(p)) for p in problems]
-    completions, _, _ = rollout.generate(prompts, k, temperature, max_tokens, logprobs=False)
+    completions, _, _ = rollout.generate(prompts, k, temperature, max_tokens, logprobs=False, seed=seed)
     return [
         index for index, (problem, group) in enumerate(zip(problems, completions))
         if not any(is_correct(prompter.decode(c.token_ids), problem.answer) for c in group)

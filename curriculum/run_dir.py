@@ -60,6 +60,17 @@ class RunDir:
             raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
         return run
 
+    @classmethod
+    def find_latest(cls, output_dir: str, name: str) -> "RunDir":
+        """`--resume auto`: of the runs `name`, `name-2`, ... the one with the newest complete checkpoint."""
+        base = Path(output_dir)
+        runs = [cls(p) for p in base.glob(f"{name}*") if (p / "config.yaml").is_file() and (p.name == name or p.name.removeprefix(f"{name}-").isdigit())]
+        resumable = [(r.latest_checkpoint(), r) for r in runs]
+        resumable = [(c, r) for c, r in resumable if c is not None]
+        if not resumable:
+            raise FileNotFoundError(f"--resume auto: no run named {name!r} with a complete checkpoint under {base}/")
+        return max(resumable, key=lambda item: (item[0] / "state.json").stat().st_mtime)[1]
+
     def complete_checkpoints(self) -> list[Path]:
         if not self.checkpoints.is_dir():
             return []

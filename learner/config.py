@@ -11,7 +11,8 @@ from launch.config import option
 @dataclass
 class LearnerConfig:
     num_learners: int = option(1, "M: learner actors forming one ZeRO data-parallel group.")
-    zero_stage: Literal[0, 1, 2, 3] = option(2, "DeepSpeed ZeRO stage (2 shards gradients and optimizer state; 3 also parameters).")
+    zero_stage: Literal[1, 2, 3] = option(2, "DeepSpeed ZeRO stage (1 shards optimizer state, 2 also gradients, 3 also parameters); every stage skips an update whose gradient is not finite.")
+    max_nonfinite_updates: int = option(3, "Stop the run after this many updates in a row were skipped for a non-finite loss or gradient.")
     precision: Literal["bf16", "fp32"] = option("bf16", "Training precision: 'bf16' keeps fp32 master weights in the optimizer; 'fp32' everywhere.")
     sft_lr: float = option(1e-5, "AdamW learning rate of stage 1 (SFT).")
     grpo_lr: float = option(1e-6, "AdamW learning rate of stages 2 and 3 (GRPO).")

@@ -6,7 +6,7 @@ import ray
 
 from cluster.config import ClusterConfig
 from cluster.placement import Placement
-from cluster.remote import wait_all
+from cluster.remote import RemoteCallError, wait_all
 from learner.batching import Sequence, shard
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
@@ -18,7 +18,7 @@ def combine(stats: list[dict[str, float]]) -> dict[str, float]:
     mean), token counts add up, time is the slowest rank's, rates are token-weighted."""
     weights = [s.get("completion_tokens", 1.0) for s in stats]
     total_weight = sum(weights) or 1.0
-    out = {"loss": sum(s["loss"] for s in stats), "grad_norm": stats[0]["grad_norm"]}
+    out = {"loss": sum(s["loss"] for s in stats), "grad_norm": stats[0]["grad_norm"], "skipped": stats[0]["skipped"]}
     out["tokens"] = sum(s["tokens"] for s in stats)
     out["seconds"] = max(s["seconds"] for s in stats)
     for key in ("clip_fraction", "approx_kl_old", "kl", "entropy"):
@@ -32,6 +32,7 @@ class LearnerGroup:
         actor = ray.remote(LearnerWorker)
         self.cfg, self.grpo, self.cluster = cfg, grpo, cluster
         self.size = cfg.num_learners
+        self.names = [f"learner-{rank}" for rank in range(self.size)]
         self.actors = [
             actor.options(**placement.options("learner", rank, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})).remote(rank, self.size, model_path, cfg, grpo)
             for rank in range(self.size)
@@ -45,7 +46,7 @@ class LearnerGroup:
             getattr(self.actors[r], method).remote(*((per_rank[r],) if per_rank is not None else ()), *args)
             for r in targets
         ]
-        return wait_all(refs, timeout or self.cluster.call_timeout_s, what)
+        return wait_all(refs, timeout or self.cluster.call_timeout_s, what, [self.names[r] for r in targets])
 
     def sft_step(self, sequences: list[Sequence]) -> dict[str, float]:
         target_tokens = sum(len(s.completion) for s in sequences)
@@ -80,6 +81,8 @@ class LearnerGroup:
     def shutdown(self) -> None:
         try:
             self._call("shutdown", what="learner shutdown", timeout=60)
+        except RemoteCallError:
+            pass  # a dead or stuck rank: the actors are killed below either way
         finally:
             for actor in self.actors:
                 ray.kill(actor)

@@ -7,6 +7,7 @@ Every rank runs the same sequence of collective calls; the group makes sure of t
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -94,11 +95,13 @@ class LearnerWorker:
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
 
-    def _optimizer_step(self, batches: list[MicroBatch], loss_of) -> tuple[float, float]:
-        """One optimizer step over all micro-batches; returns (summed loss, grad norm).
+    def _optimizer_step(self, batches: list[MicroBatch], loss_of) -> tuple[float, float, bool]:
+        """One optimizer step over all micro-batches; returns (summed loss, grad norm, applied).
 
         `loss_of(index, batch)` must already be normalised by the global token count and
         multiplied by the world size, since DeepSpeed averages gradients over ranks.
+        A non-finite gradient on any rank makes DeepSpeed's ZeRO optimizer (stages 1-3) skip the
+        update on every rank and clear the gradients: `applied` is then False.
         """
         total = 0.0
         for i, batch in enumerate(batches):
@@ -107,8 +110,12 @@ class LearnerWorker:
             self.engine.backward(loss, scale_wrt_gas=False)
             total += loss.item()
         self.engine.step()
+        applied = self.engine.was_step_applied()
         norm = self.engine.get_global_grad_norm()
-        return total / self.world_size, float(norm) if norm is not None else float("nan")
+        norm = float(norm) if norm is not None else float("nan")
+        if applied and not (math.isfinite(total) and math.isfinite(norm)):
+            raise FloatingPointError(f"learner-{self.rank}: a non-finite update (loss {total}, grad norm {norm}) was applied")
+        return total / self.world_size, norm, applied
 
     # ------------------------------------------------------------------------------------------
     # steps
@@ -126,9 +133,9 @@ class LearnerWorker:
             # summed over target tokens, then scaled to the global mean (see _optimizer_step)
             return sft_loss(logits, batch.targets.to(self.device), batch.loss_mask.to(self.device), num_tokens=1.0) * scale
 
-        loss, norm = self._optimizer_step(batches, loss_of)
+        loss, norm, applied = self._optimizer_step(batches, loss_of)
         tokens = sum(len(s.prompt) + len(s.completion) for s in sequences)
-        return {"loss": loss, "grad_norm": norm, "tokens": tokens, "seconds": time.perf_counter() - start}
+        return {"loss": loss, "grad_norm": norm, "skipped": float(not applied), "tokens": tokens, "seconds": time.perf_counter() - start}
 
     def grpo_step(self, sequences: list[Sequence], normalizer: float) -> dict[str, float]:
         """Stages 2-3: recompute old (and reference) log-probs, then `policy_epochs` updates.
@@ -147,7 +154,7 @@ class LearnerWorker:
         self.engine.train()
         per_sequence = self.grpo.loss_aggregation == "sequence_mean"
         sums = dict.fromkeys(("clip_fraction", "approx_kl_old", "kl", "entropy", "tokens"), 0.0)
-        losses, norms = [], []
+        losses, norms, skipped = [], [], 0
 
         def loss_of(i: int, batch: MicroBatch) -> torch.Tensor:
             logits = self._logits(self.engine, batch)
@@ -171,14 +178,15 @@ class LearnerWorker:
             return loss * self.world_size
 
         for _ in range(self.grpo.policy_epochs):
-            loss, norm = self._optimizer_step(batches, loss_of)
+            loss, norm, applied = self._optimizer_step(batches, loss_of)
             losses.append(loss)
             norms.append(norm)
+            skipped += not applied
         weight = max(1.0, sums.pop("tokens"))
         result = {key: value / weight for key, value in sums.items()}
         result.update(
             completion_tokens=weight,
-            loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms),
+            loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms), skipped=float(skipped),
             tokens=sum(len(s.prompt) + len(s.completion) for s in sequences) * self.grpo.policy_epochs,
             seconds=time.perf_counter() - start,
         )
@@ -229,6 +237,9 @@ class LearnerWorker:
         """A `save_pretrained` folder (rank 0) plus the DeepSpeed state to resume (every rank)."""
         state = self._full_state_dict()
         if self.rank == 0:
+            bad = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
+            if bad:  # never write a checkpoint that cannot be trained or served
+                raise FloatingPointError(f"refusing to save {folder}: non-finite values in {', '.join(bad[:3])}")
             self.engine.module.save_pretrained(folder, state_dict=state, safe_serialization=True)
         self.engine.save_checkpoint(os.path.join(folder, "deepspeed"), tag="state")
 

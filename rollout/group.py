@@ -1,14 +1,20 @@
-"""N rollout workers behind one call: prompts sharded over workers, groups never split."""
+"""N rollout workers behind one call: prompts sharded over workers, groups never split.
+
+A worker that dies is restarted by Ray (`cluster.rollout_max_restarts`); the group then has the
+current weights pushed to it (`restore`, set by the weight sync) and retries only its lost share.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 
 import ray
 
 from cluster.config import ClusterConfig
 from cluster.placement import Placement
-from cluster.remote import wait_all
+from cluster.remote import ActorDied, settle, wait_all
 from rollout.config import RolloutConfig
 from rollout.engine import Completion
 from rollout.worker import RolloutWorker
@@ -29,41 +35,78 @@ class RolloutGroup:
     def __init__(self, placement: Placement, run: str, model_path: str, cfg: RolloutConfig, cluster: ClusterConfig, seed: int):
         actor = ray.remote(RolloutWorker)
         self.cfg, self.cluster = cfg, cluster
+        self.names = [f"rollout-{i}" for i in range(cfg.num_workers)]
         self.workers = [
-            actor.options(**placement.options("rollout", i, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})).remote(
-                i, model_path, cfg, seed, cluster.transport() == "nccl"
-            )
+            actor.options(
+                **placement.options("rollout", i, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)}),
+                max_restarts=cluster.rollout_max_restarts,
+            ).remote(i, model_path, cfg, seed, cluster.transport() == "nccl")
             for i in range(cfg.num_workers)
         ]
+        self.restarts = 0
+        # Called with a worker's index after Ray restarted it: bring it to the current weights.
+        self.restore: Callable[[int], None] | None = None
         # Engines start in parallel; wait until every one answers.
-        wait_all([w.version.remote() for w in self.workers], cluster.call_timeout_s, "rollout workers to start their vLLM engines")
+        wait_all([w.version.remote() for w in self.workers], cluster.call_timeout_s, "rollout workers to start their vLLM engines", self.names)
 
     def generate(
-        self, prompts: list[list[int]], n: int, temperature: float, max_tokens: int, top_p: float = 1.0, logprobs: bool = True
+        self, prompts: list[list[int]], n: int, temperature: float, max_tokens: int, top_p: float = 1.0,
+        logprobs: bool = True, seed: int | None = None,
     ) -> tuple[list[list[Completion]], set[int], float]:
-        """Completions per prompt (in order), the weight versions used, and the wall seconds."""
+        """Completions per prompt (in order), the weight versions used, and the wall seconds.
+
+        `seed` makes the sampling a function of (seed, worker), e.g. so that a resumed run samples
+        what the interrupted one would have."""
         start = time.perf_counter()
         chunks = split_evenly(prompts, len(self.workers))
-        calls = [(w, c) for w, c in zip(self.workers, chunks) if c]
-        results = wait_all(
-            [w.generate.remote(c, n, temperature, top_p, max_tokens, logprobs) for w, c in calls],
-            self.cluster.call_timeout_s,
-            f"generation of {len(prompts)} prompts x {n} on {len(calls)} rollout worker(s)",
-        )
-        completions = [group for out, _, _ in results for group in out]
-        return completions, {version for _, version, _ in results}, time.perf_counter() - start
+        results: list = [None] * len(self.workers)
+        todo = [i for i, chunk in enumerate(chunks) if chunk]
+        what = f"generation of {len(prompts)} prompts x {n}"
+        while todo:
+            outcomes = settle(
+                [self.workers[i].generate.remote(chunks[i], n, temperature, top_p, max_tokens, logprobs, seed) for i in todo],
+                self.cluster.call_timeout_s, what, [self.names[i] for i in todo],
+            )
+            lost = [i for i, out in zip(todo, outcomes) if isinstance(out, ActorDied)]
+            for i, out in zip(todo, outcomes):
+                if i not in lost:
+                    results[i] = out
+            for i in lost:
+                self._recover(i, what)
+            todo = lost
+        done = [r for r in results if r is not None]
+        completions = [group for out, _, _ in done for group in out]
+        return completions, {version for _, version, _ in done}, time.perf_counter() - start
 
-    def load_weights(self, weights: ray.ObjectRef, version: int) -> int:
-        """Every worker loads the weights behind `weights`; returns the bytes each received."""
+    def _recover(self, index: int, what: str) -> None:
+        """Wait for Ray to restart worker `index` (it fails here once its restarts are used up)."""
+        self.restarts += 1
+        logging.getLogger(__name__).warning("%s died during %s; waiting for its restart (%d so far)", self.names[index], what, self.restarts)
+        deadline = time.monotonic() + self.cluster.call_timeout_s
+        while True:
+            try:
+                wait_all([self.workers[index].version.remote()], max(0.0, deadline - time.monotonic()), "its restart", [self.names[index]])
+                break
+            except ActorDied as err:
+                if not err.restarting or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)  # calls are refused while Ray brings it back
+        if self.restore is not None:
+            self.restore(index)
+
+    def load_weights(self, weights: ray.ObjectRef, version: int, indices: list[int] | None = None) -> int:
+        """The workers (all, or `indices`) load the weights behind `weights`; returns the bytes each received."""
+        indices = list(range(len(self.workers))) if indices is None else indices
         loaded = wait_all(
-            [w.load_weights.remote(weights, version) for w in self.workers],
+            [self.workers[i].load_weights.remote(weights, version) for i in indices],
             self.cluster.sync_timeout_s,
             f"rollout workers to load weight version {version}",
+            [self.names[i] for i in indices],
         )
         return loaded[0]
 
     def versions(self) -> list[int]:
-        return wait_all([w.version.remote() for w in self.workers], self.cluster.call_timeout_s, "rollout worker versions")
+        return wait_all([w.version.remote() for w in self.workers], self.cluster.call_timeout_s, "rollout worker versions", self.names)
 
     def shutdown(self) -> None:
         for worker in self.workers:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from rollout.config import RolloutConfig
 from rollout.engine import Completion, RolloutEngine
 
@@ -14,9 +16,15 @@ class RolloutWorker:
         # Distinct seeds so that the workers' groups are not copies of each other.
         self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index, nccl_receiver=nccl_receiver)
 
-    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int, logprobs: bool = True) -> tuple[list[list[Completion]], int, float]:
+    def generate(
+        self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int,
+        logprobs: bool = True, seed: int | None = None,
+    ) -> tuple[list[list[Completion]], int, float]:
         """Completions, the weight version that produced them, and the seconds it took."""
         start = time.perf_counter()
+        if seed is not None:
+            # The engine runs in this process and samples from torch's default generator.
+            torch.manual_seed(seed + 1000 * self.index)
         out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs)
         return out, self.engine.version, time.perf_counter() - start
 
