@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from curriculum.data import DataError, load_problems
 from curriculum.evaluation import evaluate
 from curriculum.prompter import Prompter
@@ -31,8 +33,10 @@ class InProcessRollout:
 
         self.engine = RolloutEngine(model_path, cfg, seed)
 
-    def generate(self, prompts, n, temperature, max_tokens, top_p=1.0, logprobs=True):
+    def generate(self, prompts, n, temperature, max_tokens, top_p=1.0, logprobs=True, seed=None):
         start = time.perf_counter()
+        if seed is not None:
+            torch.manual_seed(seed)  # the engine samples from torch's default generator
         out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs)
         return out, {self.engine.version}, time.perf_counter() - start
 

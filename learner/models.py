@@ -71,8 +71,24 @@ def gguf_to_folder(gguf: Path, folder: Path, progress: bool = True) -> Path:
     return folder
 
 
+def check_loadable(folder: str, spec: str) -> str:
+    """Read the folder's config and tokenizer now, so that a broken model fails before any actor starts."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        AutoConfig.from_pretrained(folder)
+        AutoTokenizer.from_pretrained(folder)
+    except Exception as err:  # transformers raises many kinds; all mean the same to the user
+        raise ModelError(f"model {spec} cannot be loaded from {folder}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+    return folder
+
+
 def resolve_model(spec: str, progress: bool = True) -> str:
     """A local folder that transformers and vLLM can both load, for the model named by `spec`."""
+    return check_loadable(_locate(spec, progress), spec)
+
+
+def _locate(spec: str, progress: bool) -> str:
     if spec in EMBEDDED:
         package, filename = EMBEDDED[spec]
         found = importlib.util.find_spec(package)

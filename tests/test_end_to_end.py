@@ -1,8 +1,11 @@
 """The whole job as a user runs it: a subprocess, its own local Ray, the tiny config."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -63,3 +66,40 @@ def test_resume_after_stage1_does_not_repeat_it(tiny_model_dir, tmp_path):
     assert len(list((run_dir / "checkpoints").iterdir())) == 3
     report = json.loads((run_dir / "report.json").read_text())
     assert list(report["evaluations"]) == ["before", "after-stage1", "after-stage2", "after-stage3"]
+
+
+def test_kill_9_in_stage2_then_resume_auto(tiny_model_dir, tmp_path):
+    """The job is killed (SIGKILL, whole process group) after stage-2 step 3 began, one step past
+    its periodic checkpoint; `--resume auto` continues from that checkpoint and its first step
+    draws the batch, and samples the completions, that the interrupted run drew."""
+    secret = "hf_do_not_log_me_123"
+    args = [*tiny_args(tiny_model_dir, tmp_path), "stages.grpo_steps=4", "stages.save_every=2"]
+    command = [sys.executable, "-m", "launch.train", *args]
+    env = {**os.environ, "HF_TOKEN": secret}
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run_dir = tmp_path / "tiny"
+    deadline = time.monotonic() + 600
+    try:
+        while not any(r["stage"] == "grpo" and r["step"] == 5 for r in (records(run_dir) if (run_dir / "metrics.jsonl").is_file() else [])):
+            assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-3000:] if job.poll() is not None else "timed out"
+            time.sleep(0.2)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    interrupted = {r["step"]: r for r in records(run_dir) if r["stage"] == "grpo"}
+    assert not (run_dir / "checkpoints" / "000006-stage2-grpo").exists()
+
+    result = subprocess.run([sys.executable, "-m", "launch.train", "--resume", "auto", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "resuming from 000004-grpo-step2" in result.stdout and "stage 2, step 2" in result.stdout
+    resumed = {r["step"]: r for r in records(run_dir) if r["stage"] == "grpo"}
+    assert sorted(resumed) == [3, 4, 5, 6]  # the step logged after the checkpoint was set aside, then redone
+    assert resumed[5]["batch_digest"] == interrupted[5]["batch_digest"]
+    assert resumed[5]["completions_digest"] == interrupted[5]["completions_digest"]
+    set_aside = [json.loads(line) for line in (run_dir / "metrics.interrupted.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in set_aside] == [5]
+    assert (run_dir / "checkpoints" / "000007-stage3-rewrite").is_dir()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in result.stdout + result.stderr

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 class CannedRollout:
     """Answers prompt i with canned text i, as the single token id i (the scoring is under test)."""
 
-    def generate(self, prompts, n, temperature, max_tokens, top_p=1.0, logprobs=True):
+    def generate(self, prompts, n, temperature, max_tokens, top_p=1.0, logprobs=True, seed=None):
         return [[Completion((i,), "", None, "stop")] * n for i in range(len(prompts))], {0}, 0.0
 
 

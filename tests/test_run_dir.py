@@ -1,0 +1,79 @@
+"""Run folders without Ray: atomic checkpoints, pruning, `--resume auto`, metrics set aside on resume,
+and the count of non-finite updates."""
+
+import json
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from cluster.metrics import set_aside_after
+from curriculum.faults import NonFiniteStreak, NumericalFault
+from curriculum.run_dir import RunDir, RunState
+
+
+class _Tokenizer:
+    def save_pretrained(self, folder):
+        (folder / "tokenizer.json").write_text("{}")
+
+
+@dataclass
+class _Cfg:
+    seed: int = 0
+
+
+def _checkpoint(run: RunDir, step: int, label: str, stage_end: bool = False, keep_last: int = 2):
+    state = RunState(stage=2, stage_step=step, global_step=step, stage_end=stage_end)
+    folder = run.begin_checkpoint(state, label)
+    (folder / "model.safetensors").write_text("weights")
+    return run.commit_checkpoint(folder, state, _Tokenizer(), keep_last)
+
+
+def test_half_written_checkpoint_is_never_picked(tmp_path):
+    run = RunDir.create(str(tmp_path), "r", _Cfg())
+    done = _checkpoint(run, 2, "grpo-step2")
+    half = run.begin_checkpoint(RunState(global_step=4), "grpo-step4")  # a crash before commit
+    (half / "model.safetensors").write_text("partial")
+    assert run.latest_checkpoint() == done and half.name.endswith(".tmp")
+
+
+def test_periodic_checkpoints_pruned_stage_ends_kept(tmp_path):
+    run = RunDir.create(str(tmp_path), "r", _Cfg())
+    _checkpoint(run, 1, "stage1-sft", stage_end=True)
+    for step in (2, 3, 4):
+        _checkpoint(run, step, f"grpo-step{step}")
+    names = [p.name for p in run.complete_checkpoints()]
+    assert names == ["000001-stage1-sft", "000003-grpo-step3", "000004-grpo-step4"]
+
+
+def test_resume_auto_picks_the_newest_resumable_run(tmp_path):
+    first = RunDir.create(str(tmp_path), "job", _Cfg())
+    second = RunDir.create(str(tmp_path), "job", _Cfg())
+    RunDir.create(str(tmp_path), "job", _Cfg())  # job-3: no checkpoint yet, not resumable
+    RunDir.create(str(tmp_path), "jobber", _Cfg())  # another name
+    _checkpoint(second, 2, "grpo-step2")
+    time.sleep(0.05)
+    _checkpoint(first, 1, "grpo-step1")
+    assert RunDir.find_latest(str(tmp_path), "job").path == first.path
+    with pytest.raises(FileNotFoundError, match="no run named 'other'"):
+        RunDir.find_latest(str(tmp_path), "other")
+
+
+def test_records_after_the_checkpoint_are_set_aside(tmp_path):
+    lines = [{"time": t, "step": t, "stage": "grpo"} for t in (1.0, 2.0, 3.0, 4.0)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert set_aside_after(tmp_path, since=2.5) == 2
+    kept = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    late = [json.loads(x)["step"] for x in (tmp_path / "metrics.interrupted.jsonl").read_text().splitlines()]
+    assert kept == [1.0, 2.0] and late == [3.0, 4.0]
+    assert set_aside_after(tmp_path, since=2.5) == 0
+
+
+def test_non_finite_streak_stops_after_the_limit():
+    streak = NonFiniteStreak(limit=3)
+    for skipped in (True, True, False, True, True):
+        streak.record(skipped, "here")
+    assert streak.total == 4 and streak.in_a_row == 2
+    with pytest.raises(NumericalFault, match="3 updates in a row"):
+        streak.record(True, "stage 2 step 9")
+    NonFiniteStreak(limit=0).record(True, "never stops")  # 0 = no limit
