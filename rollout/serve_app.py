@@ -1,0 +1,68 @@
+"""The Ray Serve application: replicas of the streaming engine behind the OpenAI-compatible API.
+
+    python -m launch.serve --model runs/smollm2-gsm8k/checkpoints/000041-stage3-rewrite
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from ray import serve
+
+from launch.config import option, section
+from rollout.config import RolloutConfig
+from rollout.openai_api import ChatRequest, CompletionRequest, OpenAIServer, install_error_handlers
+
+
+@dataclass
+class ServeConfig:
+    name: str = option("student", "Model name that clients pass as `model` (and /v1/models lists).")
+    host: str = option("127.0.0.1", "Address the HTTP proxy listens on; 127.0.0.1 keeps it to this machine, 0.0.0.0 opens it to the network.")
+    port: int = option(8000, "HTTP port.")
+    replicas: int = option(1, "Engine replicas; Serve spreads requests over them.")
+    cpus_per_replica: float = option(1.0, "Logical CPUs reserved per replica.")
+    gpus_per_replica: float = option(0.0, "GPUs per replica (its engine's tensor-parallel size when > 1).")
+    max_ongoing_requests: int = option(32, "Requests one replica holds at once (they share its running batch); more wait in Serve's queue.")
+    default_max_tokens: int = option(512, "max_tokens when a request gives none (capped by the context left after the prompt).")
+    engine: RolloutConfig = section(RolloutConfig, "The vLLM engine of each replica (dtype, context length, KV cache, threads).")
+    seed: int = option(0, "Engine seed (sampled requests are not reproducible across runs unless they are greedy).")
+
+
+def build_app(model_path: str, cfg: ServeConfig):
+    app = FastAPI(title="bridge-distill student", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+
+    @serve.deployment(
+        name="student",
+        num_replicas=cfg.replicas,
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        ray_actor_options={
+            "num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cfg.engine.torch_threads)}},
+        },
+    )
+    @serve.ingress(app)
+    class StudentServer:
+        def __init__(self, model_path: str, cfg: ServeConfig):
+            from rollout.streaming import StreamingEngine
+
+            self.api = OpenAIServer(StreamingEngine(model_path, cfg.engine, cfg.seed), cfg.name, cfg.default_max_tokens)
+
+        @app.get("/health")
+        def health(self) -> dict:
+            return {"status": "ok"}
+
+        @app.get("/v1/models")
+        def models(self) -> dict:
+            return self.api.models()
+
+        @app.post("/v1/completions")
+        async def completions(self, request: CompletionRequest):
+            return await self.api.completions(request)
+
+        @app.post("/v1/chat/completions")
+        async def chat(self, request: ChatRequest):
+            return await self.api.chat(request)
+
+    return StudentServer.bind(model_path, cfg)
