@@ -16,29 +16,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from curriculum.data import DataError, load_problems
 from curriculum.evaluation import evaluate
 from curriculum.prompter import Prompter
+from launch.engines import open_rollout
 from learner.models import ModelError, resolve_model
 from rollout.config import RolloutConfig
-
-
-class InProcessRollout:
-    """One vLLM engine in this process, behind the rollout group's `generate` signature."""
-
-    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0):
-        from rollout.engine import RolloutEngine
-
-        self.engine = RolloutEngine(model_path, cfg, seed)
-
-    def generate(self, prompts, n, temperature, max_tokens, top_p=1.0, logprobs=True, seed=None):
-        start = time.perf_counter()
-        if seed is not None:
-            torch.manual_seed(seed)  # the engine samples from torch's default generator
-        out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs)
-        return out, {self.engine.version}, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,19 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     prompter = Prompter(AutoTokenizer.from_pretrained(model_path), args.max_prompt_tokens)
     cfg = RolloutConfig(num_workers=max(1, args.workers), max_model_len=args.max_prompt_tokens + args.max_new_tokens)
     start = time.perf_counter()
-    if args.workers:
-        import ray
-
-        from cluster.config import ClusterConfig
-        from cluster.placement import place
-        from rollout.group import RolloutGroup
-
-        ray.init(address="auto")
-        cluster = ClusterConfig()
-        placement = place(0, args.workers, cluster)
-        rollout = RolloutGroup(placement, "evaluate", model_path, cfg, cluster, seed=0)
-    else:
-        rollout = InProcessRollout(model_path, cfg)
+    rollout = open_rollout(model_path, cfg, args.workers, "evaluate")
     result = evaluate(rollout, prompter, problems, args.max_new_tokens)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,44 @@
+"""Rollout engines for the one-off commands (evaluation, teacher generation): one vLLM engine in
+this process, or N rollout workers on the Ray cluster, behind the same `generate` call."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from rollout.config import RolloutConfig
+
+
+class InProcessRollout:
+    """One vLLM engine in this process, behind the rollout group's `generate` signature."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0):
+        from rollout.engine import RolloutEngine
+
+        self.engine = RolloutEngine(model_path, cfg, seed)
+
+    def generate(self, prompts, n, temperature, max_tokens, top_p=1.0, logprobs=True, seed=None):
+        start = time.perf_counter()
+        if seed is not None:
+            torch.manual_seed(seed)  # the engine samples from torch's default generator
+        out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs)
+        return out, {self.engine.version}, time.perf_counter() - start
+
+
+def open_rollout(model_path: str, cfg: RolloutConfig, workers: int, name: str, seed: int = 0):
+    """`workers` = 0: in-process; else that many rollout workers on the Ray cluster (joined, or
+    started here), each with `cfg.tensor_parallel_size` GPUs when the cluster has GPUs."""
+    if not workers:
+        return InProcessRollout(model_path, cfg, seed)
+    import ray
+
+    from cluster.config import ClusterConfig
+    from cluster.placement import place
+    from rollout.group import RolloutGroup
+
+    ray.init(address=None, dashboard_host="127.0.0.1")
+    gpus = cfg.tensor_parallel_size if ray.cluster_resources().get("GPU", 0) else 0
+    cluster = ClusterConfig(gpus_per_rollout=gpus)
+    placement = place(0, workers, cluster)
+    return RolloutGroup(placement, name, model_path, cfg, cluster, seed=seed)
