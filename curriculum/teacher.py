@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from curriculum.answers import count_words, extract_answer
 from curriculum.data import normalize_answer
+from curriculum.step_check import check_chain
 
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 # "Step 3:", "3.", "3)", "-", "*", "•" and markdown emphasis at the start of a line
@@ -24,7 +25,7 @@ _ARITHMETIC = re.compile(r"\d\s*[-+*/x×÷]\s*\d.*=|=\s*\$?\d")
 @dataclass(frozen=True)
 class Verdict:
     kept: bool
-    reason: str  # kept | truncated | no_answer | wrong | empty | repetitive
+    reason: str  # kept | truncated | no_answer | wrong | empty | repetitive | bad_arithmetic
     steps: tuple[str, ...] = ()
 
     @property
@@ -70,8 +71,9 @@ def is_repetitive(steps: list[str], max_repeats: int = 2, min_unique: float = 0.
     return max(counts.values()) > max_repeats or (len(steps) >= 5 and len(counts) / len(steps) < min_unique)
 
 
-def judge(text: str, finish_reason: str, gold: str, think: str = "strip") -> Verdict:
-    """Keep a generation only if it finished, states the gold answer, and has clean steps."""
+def judge(text: str, finish_reason: str, gold: str, think: str = "strip", check_arithmetic: bool = True) -> Verdict:
+    """Keep a generation only if it finished, states the gold answer, and has clean steps (whose
+    equations all hold, with `check_arithmetic`: a right answer reached by wrong sums teaches wrong)."""
     if finish_reason == "length":
         return Verdict(False, "truncated")
     body = visible_reasoning(text, think)
@@ -85,6 +87,10 @@ def judge(text: str, finish_reason: str, gold: str, think: str = "strip") -> Ver
         return Verdict(False, "empty")
     if is_repetitive(steps):
         return Verdict(False, "repetitive")
+    if check_arithmetic:
+        chain = check_chain("\n".join(steps))
+        if chain.correct_steps < chain.checked_steps:
+            return Verdict(False, "bad_arithmetic")
     return Verdict(True, "kept", tuple(steps))
 
 

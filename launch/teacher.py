@@ -8,7 +8,7 @@ teacher source (jsonl rows: question, rationale, answer).
 Results stream to disk chunk by chunk; a crashed or stopped job run again with the same --out
 continues where it stopped and never generates a finished problem again. Next to FILE it keeps
 FILE.progress.jsonl (one line per finished problem) and FILE.summary.json.
-Train on the result with `data.train=FILE data.format=teacher`.
+Train on the result with `data.train=FILE` (rows with a rationale are read as teacher rows).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=1, help="generations per problem (default: %(default)s)")
     parser.add_argument("--keep", choices=("shortest", "all"), default="shortest", help="of a problem's correct generations, write the shortest or all")
     parser.add_argument("--think", choices=("strip", "condense"), default="strip", help="a <think> block: drop it and keep the answer after it, or keep its computing lines")
+    parser.add_argument("--no-check-arithmetic", dest="check_arithmetic", action="store_false", help="keep correct answers even when an equation in their steps is wrong")
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--max-prompt-tokens", type=int, default=768)
@@ -87,7 +88,7 @@ class TeacherFiles:
         rows = [json.loads(line) for line in self.rows.read_text().splitlines()] if self.rows.is_file() else []
         summary = {
             "problems": len(records), "generated": sum(len(r["reasons"]) for r in records),
-            "correct": sum(n for reason, n in reasons.items() if reason in ("kept", "empty", "repetitive")),
+            "correct": sum(n for reason, n in reasons.items() if reason in ("kept", "empty", "repetitive", "bad_arithmetic")),
             "kept": len(rows), "dropped": {k: v for k, v in sorted(reasons.items()) if k != "kept"},
             "mean_steps": sum(len(r["rationale"].splitlines()) for r in rows) / max(1, len(rows)),
             "mean_words": sum(count_words(r["rationale"]) for r in rows) / max(1, len(rows)),
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{time.perf_counter() - start:.0f}s] {first + len(chunk)}/{len(todo)} problems")
     summary = files.write_summary()
     print(json.dumps(summary, indent=1))
-    print(f"teacher rows: {files.rows} (train on them with data.train={files.rows} data.format=teacher)")
+    print(f"teacher rows: {files.rows} (train on them with data.train={files.rows})")
     return 0
 
 
@@ -144,7 +145,7 @@ def generate_chunk(rollout, prompter: Prompter, problems: list, args: argparse.N
     groups, _, _ = rollout.generate(prompts, args.samples, args.temperature, args.max_new_tokens, logprobs=False, seed=seed) if prompts else ([], set(), 0.0)
     rows = []
     for problem, group in zip(fitting, groups):
-        verdicts = [judge(prompter.decode(c.token_ids), c.finish_reason, problem.answer, args.think) for c in group]
+        verdicts = [judge(prompter.decode(c.token_ids), c.finish_reason, problem.answer, args.think, args.check_arithmetic) for c in group]
         for index in choose(verdicts, args.keep):
             rows.append({
                 "question": problem.question, "rationale": verdicts[index].rationale, "answer": problem.answer,

@@ -24,12 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
         ("I cannot tell.", "stop", "no_answer"),
         ("Answer: 5", "stop", "empty"),
         ("Add them.\nAdd them.\nAdd them.\nAnswer: 5", "stop", "repetitive"),
+        ("Step 1: 2 + 2 = 5\nAnswer: 5", "stop", "bad_arithmetic"),
         ("<think>2 + 3 is 5, let me check... yes.</think>\nStep 1: 2 + 3 = 5\nAnswer: 5", "stop", "kept"),
         ("<think>Hmm, 2 + 3 = 5.</think>\nAnswer: 7", "stop", "wrong"),
     ],
 )
 def test_judge(text, finish, reason):
     assert judge(text, finish, "5").reason == reason
+
+
+def test_arithmetic_check_can_be_off():
+    assert judge("Step 1: 2 + 2 = 5\nAnswer: 5", "stop", "5", check_arithmetic=False).kept
 
 
 def test_steps_are_normalised():
