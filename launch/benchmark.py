@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return sync.sync(version)
 
     for label, batch in (("warm-up", tasks[: args.prompts]), ("measured", tasks[args.prompts : 2 * args.prompts])):
-        m = steps.grpo_step(batch, prompter, rollout, learners, args.group, "bridge_stage2", 0.0, True, 1.0, 1.0, args.max_tokens, push, version)
+        m = steps.grpo_step(batch, prompter, rollout, learners, args.group, "bridge_stage2", 0.0, True, 1.0, 1.0, args.max_tokens, push, version, seed=0)
     total = m["generate_s"] + m["reward_s"] + m["learner_s"] + m["sync_s"]
     print(f"GRPO step ({label}): {total:.1f} s = generate {m['generate_s']:.1f} + reward {m['reward_s']:.2f} + learner {m['learner_s']:.1f} + sync {m['sync_s']:.2f}")
     print(f"  rollout {m['rollout_tokens_per_s']:.0f} tokens/s, learner {m['learner_tokens_per_s']:.0f} tokens/s\n")
