@@ -195,21 +195,24 @@ class LearnerWorker:
     # ------------------------------------------------------------------------------------------
     # weights and checkpoints
 
-    def _full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full parameters on rank 0 (gathered under ZeRO-3; every rank must call this)."""
+    def _on_rank0(self, tensors) -> dict[str, torch.Tensor] | None:
+        """`tensors()` (a name -> tensor dict of the module) in full on rank 0; every rank must call
+        this. Under ZeRO-3 the parameters are gathered, and copied since the gather releases them
+        on exit; otherwise the live tensors are returned (a caller that returns them through Ray is
+        serialised before the next update can touch them)."""
         import deepspeed
 
-        module = self.engine.module
-        params = list(module.parameters())
-        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.cfg.zero_stage == 3 else nullcontext()
-        with gather:
+        zero3 = self.cfg.zero_stage == 3
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else nullcontext():
             if self.rank != 0:
                 return None
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            return {name: t.detach().cpu().clone() if zero3 else t.detach().cpu() for name, t in tensors().items()}
 
     def export_weights(self) -> dict[str, torch.Tensor] | None:
-        """What the rollout workers load after an update: the full state dict, from rank 0."""
-        return self._full_state_dict()
+        """What the rollout workers load after an update: every parameter once, from rank 0
+        (parameters only, so tied weights travel once; vLLM ties them again on load)."""
+        return self._on_rank0(lambda: dict(self.engine.module.named_parameters()))
 
     def weight_buckets(self, bucket_mb: int):
         """NCCL transport: how the parameters are packed into broadcast buckets (same on every rank)."""
@@ -235,7 +238,7 @@ class LearnerWorker:
 
     def save(self, folder: str) -> None:
         """A `save_pretrained` folder (rank 0) plus the DeepSpeed state to resume (every rank)."""
-        state = self._full_state_dict()
+        state = self._on_rank0(self.engine.module.state_dict)
         if self.rank == 0:
             bad = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
             if bad:  # never write a checkpoint that cannot be trained or served
