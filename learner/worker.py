@@ -196,10 +196,10 @@ class LearnerWorker:
     # weights and checkpoints
 
     def _on_rank0(self, tensors) -> dict[str, torch.Tensor] | None:
-        """`tensors()` (a name -> tensor dict of the module) in full on rank 0; every rank must call
-        this. Under ZeRO-3 the parameters are gathered, and copied since the gather releases them
-        on exit; otherwise the live tensors are returned (a caller that returns them through Ray is
-        serialised before the next update can touch them)."""
+        """Copies of `tensors()` (a name -> tensor dict of the module) in full on rank 0; every rank
+        must call this (under ZeRO-3 it gathers the parameters). Copies, because the gather releases
+        them on exit and, under ZeRO-1/2, parameters are views into one flat buffer that Ray would
+        serialise whole for every view."""
         import deepspeed
 
         zero3 = self.cfg.zero_stage == 3
@@ -207,7 +207,7 @@ class LearnerWorker:
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else nullcontext():
             if self.rank != 0:
                 return None
-            return {name: t.detach().cpu().clone() if zero3 else t.detach().cpu() for name, t in tensors().items()}
+            return {name: t.detach().cpu().clone() for name, t in tensors().items()}
 
     def export_weights(self) -> dict[str, torch.Tensor] | None:
         """What the rollout workers load after an update: every parameter once, from rank 0
