@@ -1,11 +1,14 @@
 """Benchmarks of the runtime on this machine; prints figures, asserts nothing.
 
-    python -m launch.benchmark [--model embedded:smollm2-135m-instruct] [--prompts 16] [--group 4] [--max-tokens 128]
+    python -m launch.benchmark [--model embedded:smollm2-135m-instruct] [--prompts 16] [--group 4] [--max-tokens 128] [--scaling]
 
 1. rollout tokens/s: the same vLLM engine in this process vs behind the Ray rollout actor (ratio)
 2. weight sync: seconds and bytes of a learner -> rollout broadcast (median of 3)
-3. one GRPO step, split into generate / reward / learner / sync seconds (after a warm-up step)
-4. peak RSS of every process of the run (driver + actors), from /proc/<pid>/status VmHWM
+3. learner tokens/s: our DeepSpeed learner actor vs a plain PyTorch loop (fp32 weights, bf16
+   autocast, AdamW) computing the same GRPO loss on the same micro-batches (ratio)
+4. one GRPO step, split into generate / reward / learner / sync seconds (after a warm-up step)
+5. peak RSS of every process of the run (driver + actors), from /proc/<pid>/status VmHWM
+6. with --scaling: step time for 8/16/32 prompts x G=4/8, as a table and `--out`/scaling.png
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import random
 import statistics
 import time
+from pathlib import Path
 
 import ray
 
@@ -31,12 +35,76 @@ def _tokens(groups) -> int:
     return sum(len(c.token_ids) for group in groups for c in group)
 
 
+def plain_loop_tokens_per_s(model_path: str, sequences, micro_batch_size: int, pad_id: int, threads: int) -> float:
+    """The same loss and update as the learner's `grpo_step`, as a bare PyTorch loop in this process."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from learner.batching import micro_batches
+    from learner.grpo import GRPOConfig, grpo_loss, token_log_probs
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.config.use_cache = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    batches = micro_batches(sequences, micro_batch_size, pad_id)
+    normalizer = float(sum(len(s.completion) for s in sequences))
+    timings = []
+    for _ in range(2):  # the first round warms up allocator and kernels
+        start = time.perf_counter()
+        for batch in batches:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(**batch.model_inputs(torch.device("cpu"))).logits[:, :-1]
+            log_probs = token_log_probs(logits.float(), batch.targets)
+            loss, _ = grpo_loss(log_probs, log_probs.detach(), batch.advantages, batch.loss_mask, GRPOConfig(), num_tokens=normalizer)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timings.append(time.perf_counter() - start)
+    return sum(len(s.prompt) + len(s.completion) for s in sequences) / timings[-1]
+
+
+def scaling(steps, tasks, prompter, rollout, learners, push, version, max_tokens: int, out: Path) -> None:
+    """Step time for 8/16/32 prompts x G=4/8 (the second of two steps each), table and PNG;
+    `version()` is the weight version the rollout workers hold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for group in (4, 8):
+        for prompts in (8, 16, 32):
+            for _ in range(2):
+                m = steps.grpo_step(tasks[:prompts], prompter, rollout, learners, group, "bridge_stage2", 0.0, True, 1.0, 1.0, max_tokens, push, version(), seed=0)
+            total = m["generate_s"] + m["reward_s"] + m["learner_s"] + m["sync_s"]
+            rows.append((prompts, group, total, m["generate_s"], m["learner_s"], m["sync_s"]))
+            print(f"  {prompts:>3} prompts x G={group}: {total:6.1f} s (generate {m['generate_s']:.1f}, learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f})", flush=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for group in (4, 8):
+        mine = [r for r in rows if r[1] == group]
+        ax.plot([r[0] for r in mine], [r[2] for r in mine], marker="o", label=f"G={group} total")
+        ax.plot([r[0] for r in mine], [r[4] for r in mine], marker="x", linestyle="--", label=f"G={group} learner")
+    ax.set_xlabel("prompts per step")
+    ax.set_ylabel("seconds per GRPO step")
+    ax.set_xticks([8, 16, 32])
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "scaling.png", dpi=120)
+    print(f"  plot: {out / 'scaling.png'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--scaling", action="store_true", help="also time steps of 8/16/32 prompts x G=4/8 (about 15 minutes here)")
+    parser.add_argument("--out", default="runs/benchmark", help="folder for scaling.png")
     args = parser.parse_args(argv)
 
     from transformers import AutoTokenizer
@@ -48,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from curriculum.data import load_problems
     from curriculum.prompter import Prompter
     from curriculum.tasks import TaskConfig, build_completion_task
+    from learner.batching import Sequence
     from learner.config import LearnerConfig
     from learner.group import LearnerGroup
     from learner.grpo import GRPOConfig
@@ -84,10 +153,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  in-process engine  {local_rate:8.1f}")
     print(f"  Ray rollout actor  {actor_rate:8.1f}   ratio actor/in-process {actor_rate / local_rate:.3f}\n")
 
-    learners = LearnerGroup(placement, "benchmark", model, LearnerConfig(torch_threads=os.cpu_count() or 1), GRPOConfig(group_size=args.group), cluster, prompter.pad_id)
+    threads = os.cpu_count() or 1
+    learner_cfg = LearnerConfig(torch_threads=threads)
+    learners = LearnerGroup(placement, "benchmark", model, learner_cfg, GRPOConfig(group_size=args.group), cluster, prompter.pad_id)
     sync = WeightSync(learners, rollout)
     timings = [sync.sync(version) for version in (1, 2, 3)]
     print(f"weight sync ({sync.transport}): median {statistics.median(t.seconds for t in timings):.3f} s, {timings[0].bytes / 2**20:.1f} MiB per worker\n")
+
+    # The learner on the completions generated above, advantages of alternating sign.
+    sequences = [Sequence(p, list(c.token_ids), (-1.0) ** i) for i, (p, group) in enumerate(zip(prompts, groups)) for c in group if c.token_ids]
+    seq_tokens = sum(len(s.prompt) + len(s.completion) for s in sequences)
+    learners.grpo_step(sequences)  # warm-up
+    ours = seq_tokens / learners.grpo_step(sequences)["seconds"]
+    plain = plain_loop_tokens_per_s(model, sequences, learner_cfg.micro_batch_size, prompter.pad_id, threads)
+    print(f"learner tokens/s ({len(sequences)} sequences, {seq_tokens} tokens, micro-batches of {learner_cfg.micro_batch_size})")
+    print(f"  plain PyTorch loop {plain:8.1f}")
+    print(f"  DeepSpeed learner  {ours:8.1f}   ratio learner/plain {ours / plain:.3f}\n")
 
     version = 3
 
@@ -101,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     total = m["generate_s"] + m["reward_s"] + m["learner_s"] + m["sync_s"]
     print(f"GRPO step ({label}): {total:.1f} s = generate {m['generate_s']:.1f} + reward {m['reward_s']:.2f} + learner {m['learner_s']:.1f} + sync {m['sync_s']:.2f}")
     print(f"  rollout {m['rollout_tokens_per_s']:.0f} tokens/s, learner {m['learner_tokens_per_s']:.0f} tokens/s\n")
+    if args.scaling:
+        print(f"step time by batch shape (<= {args.max_tokens} new tokens)")
+        scaling(steps, tasks, prompter, rollout, learners, push, lambda: version, args.max_tokens, Path(args.out))
+        print()
 
     pids = {"driver": os.getpid()}
     pids["rollout-0"] = ray.get(rollout.workers[0].__ray_call__.remote(lambda self: os.getpid()))
