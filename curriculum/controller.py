@@ -12,8 +12,9 @@
   stage 3  GRPO: rewrite the teacher solution of each persistent failure, much shorter
 
 Every stage ends with an evaluation slice and a checkpoint; `RunState` in each checkpoint says
-where to continue, so `--resume` never repeats a finished stage. Batches, task masks and rollout
-sampling are derived from (seed, stage, step): a resumed step draws what the interrupted one drew.
+where to continue, so `--resume` never repeats a finished stage. Batches and task masks are
+derived from (seed, stage, step), so a resumed step draws the batch the interrupted one drew; the
+rollout sampling seed is derived the same way.
 An update skipped for a non-finite loss or gradient is logged and counted; a run of them stops the run.
 """
 

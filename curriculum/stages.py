@@ -50,5 +50,5 @@ def step_rng(seed: int, stage: int, step: int) -> random.Random:
 
 
 def sampling_seed(seed: int, stage: int, step: int) -> int:
-    """The rollout sampling seed of one step, so that a resumed step samples as the interrupted one."""
+    """The rollout sampling seed of one step (with the same weights and batch, the same engine samples the same)."""
     return random.Random(f"{seed}:{stage}:step{step}:sampling").getrandbits(31)

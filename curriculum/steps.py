@@ -106,7 +106,7 @@ def grpo_step(
         "accuracy": sum(correct) / len(correct), "format_rate": sum(formatted) / len(formatted),
         "completion_tokens": sum(lengths) / len(lengths), "truncated_rate": truncated / len(lengths),
         "zero_advantage_groups": (grouped.std(dim=1) == 0).float().mean().item(),
-        "batch_digest": batch_digest(prompts), "completions_digest": batch_digest([list(c.token_ids) for c in flat]),
+        "batch_digest": batch_digest(prompts),
         "rollout_restarts": rollout.restarts, "skipped_update": stats["skipped"],
         "loss": stats["loss"], "grad_norm": stats["grad_norm"], "clip_fraction": stats.get("clip_fraction", 0.0),
         "kl": stats.get("kl", 0.0), "approx_kl_old": stats.get("approx_kl_old", 0.0), "entropy": stats.get("entropy", 0.0),
