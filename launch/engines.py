@@ -1,5 +1,6 @@
-"""Rollout engines for the one-off commands (evaluation, teacher generation): one vLLM engine in
-this process, or N rollout workers on the Ray cluster, behind the same `generate` call."""
+"""What the one-off commands (evaluation, teacher generation) share: their inputs, read and checked
+up front, and their engine: one vLLM engine in this process, or N rollout workers on the Ray
+cluster, behind the same `generate` call."""
 
 from __future__ import annotations
 
@@ -8,6 +9,19 @@ import time
 import torch
 
 from rollout.config import RolloutConfig
+
+
+def read_inputs(data: str, limit: int, model: str, max_prompt_tokens: int):
+    """(problems, model folder, prompter); a DataError or ModelError on bad input, before any engine starts."""
+    from transformers import AutoTokenizer
+
+    from curriculum.data import load_problems
+    from curriculum.prompter import Prompter
+    from learner.models import resolve_model
+
+    problems = load_problems(data, limit=limit).problems
+    model_path = resolve_model(model)
+    return problems, model_path, Prompter(AutoTokenizer.from_pretrained(model_path), max_prompt_tokens)
 
 
 class InProcessRollout:

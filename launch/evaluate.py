@@ -16,11 +16,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from curriculum.data import DataError, load_problems
+from curriculum.data import DataError
 from curriculum.evaluation import evaluate
-from curriculum.prompter import Prompter
-from launch.engines import open_rollout
-from learner.models import ModelError, resolve_model
+from launch.engines import open_rollout, read_inputs
+from learner.models import ModelError
 from rollout.config import RolloutConfig
 
 
@@ -35,14 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="use N rollout workers on a Ray cluster (0 = in-process)")
     args = parser.parse_args(argv)
     try:
-        problems = load_problems(args.data, limit=args.limit).problems
-        model_path = resolve_model(args.model)
+        problems, model_path, prompter = read_inputs(args.data, args.limit, args.model, args.max_prompt_tokens)
     except (DataError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from transformers import AutoTokenizer
-
-    prompter = Prompter(AutoTokenizer.from_pretrained(model_path), args.max_prompt_tokens)
     cfg = RolloutConfig(num_workers=max(1, args.workers), max_model_len=args.max_prompt_tokens + args.max_new_tokens)
     start = time.perf_counter()
     rollout = open_rollout(model_path, cfg, args.workers, "evaluate")

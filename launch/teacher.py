@@ -24,12 +24,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from curriculum.answers import count_words
-from curriculum.data import DataError, load_problems
+from curriculum.data import DataError
 from curriculum.prompter import Prompter, PromptTooLong
 from curriculum.tasks import build_eval_task
 from curriculum.teacher import choose, judge
-from launch.engines import open_rollout
-from learner.models import ModelError, resolve_model
+from launch.engines import open_rollout, read_inputs
+from learner.models import ModelError
 from rollout.config import RolloutConfig
 
 
@@ -101,14 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     files = TeacherFiles(args.out)
     try:
-        problems = load_problems(args.data, limit=args.limit).problems
-        model_path = resolve_model(args.model)
+        problems, model_path, prompter = read_inputs(args.data, args.limit, args.model, args.max_prompt_tokens)
     except (DataError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from transformers import AutoTokenizer
-
-    prompter = Prompter(AutoTokenizer.from_pretrained(model_path), args.max_prompt_tokens)
     done = files.finished()
     todo = [p for p in problems if p.origin not in done]
     print(f"{len(problems)} problems, {len(done)} already finished, {len(todo)} to generate")
