@@ -105,10 +105,11 @@ class Controller:
             metrics = step_fn(stage, self.state.stage_step, budget)
             metrics["step_s"] = time.perf_counter() - start
             self.state = dataclasses.replace(self.state, stage_step=self.state.stage_step + 1, global_step=self.state.global_step + 1)
-            metrics["nonfinite_updates"] = self.nonfinite.total + int(metrics["skipped_update"])
+            self.nonfinite.record(bool(metrics["skipped_update"]))
+            metrics["nonfinite_updates"] = self.nonfinite.total
             self.metrics.log(self.state.global_step, name, metrics)
             self._log_step(stage, budget, metrics)
-            self.nonfinite.record(bool(metrics["skipped_update"]), f"stage {stage} step {self.state.stage_step}")
+            self.nonfinite.check(f"stage {stage} step {self.state.stage_step}")
             bar.update()
             every = self.cfg.stages.save_every
             if every and self.state.stage_step % every == 0 and self.state.stage_step < budget:
@@ -199,7 +200,7 @@ class Controller:
     def _log_step(self, stage: int, budget: int, m: dict[str, float]) -> None:
         head = f"stage {stage} step {self.state.stage_step}/{budget}"
         if m["skipped_update"]:
-            head += f" SKIPPED (non-finite loss or gradient; {self.nonfinite.in_a_row + 1} in a row)"
+            head += f" SKIPPED (non-finite loss or gradient; {self.nonfinite.in_a_row} in a row)"
         if stage == 1:
             self._log(f"{head} loss {m['loss']:.4f} | learner {m['learner_s']:.1f}s")
         else:

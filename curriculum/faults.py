@@ -15,10 +15,13 @@ class NonFiniteStreak:
         self.in_a_row = 0
         self.total = 0
 
-    def record(self, skipped: bool, where: str) -> None:
-        """Note one update; raises once `limit` updates in a row were skipped."""
+    def record(self, skipped: bool) -> None:
+        """Note one update."""
         self.in_a_row = self.in_a_row + 1 if skipped else 0
         self.total += int(skipped)
+
+    def check(self, where: str) -> None:
+        """Raise once `limit` updates in a row were skipped (0 = never)."""
         if self.limit and self.in_a_row >= self.limit:
             raise NumericalFault(
                 f"{self.in_a_row} updates in a row (up to {where}) had a non-finite loss or gradient and were skipped; "

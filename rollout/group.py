@@ -55,8 +55,7 @@ class RolloutGroup:
     ) -> tuple[list[list[Completion]], set[int], float]:
         """Completions per prompt (in order), the weight versions used, and the wall seconds.
 
-        `seed` makes the sampling a function of (seed, worker), e.g. so that a resumed run samples
-        what the interrupted one would have."""
+        `seed` seeds each worker's sampling (with seed + 1000 x its index) for this call."""
         start = time.perf_counter()
         chunks = split_evenly(prompts, len(self.workers))
         results: list = [None] * len(self.workers)

@@ -72,8 +72,12 @@ def test_records_after_the_checkpoint_are_set_aside(tmp_path):
 def test_non_finite_streak_stops_after_the_limit():
     streak = NonFiniteStreak(limit=3)
     for skipped in (True, True, False, True, True):
-        streak.record(skipped, "here")
+        streak.record(skipped)
+        streak.check("here")
     assert streak.total == 4 and streak.in_a_row == 2
+    streak.record(True)
     with pytest.raises(NumericalFault, match="3 updates in a row"):
-        streak.record(True, "stage 2 step 9")
-    NonFiniteStreak(limit=0).record(True, "never stops")  # 0 = no limit
+        streak.check("stage 2 step 9")
+    unlimited = NonFiniteStreak(limit=0)
+    unlimited.record(True)
+    unlimited.check("never stops")  # 0 = no limit
