@@ -7,7 +7,7 @@
 3. learner tokens/s: our DeepSpeed learner actor vs a plain PyTorch loop (fp32 weights, bf16
    autocast, AdamW) computing the same GRPO loss on the same micro-batches (ratio)
 4. one GRPO step, split into generate / reward / learner / sync seconds (after a warm-up step)
-5. peak RSS of every process of the run (driver + actors), from /proc/<pid>/status VmHWM
+5. memory: peak total PSS of driver + actors during the GRPO steps, and each process's peak RSS (VmHWM)
 6. with --scaling: step time for 8/16/32 prompts x G=4/8, as a table and `--out`/scaling.png
 """
 
@@ -22,13 +22,7 @@ from pathlib import Path
 
 import ray
 
-
-def _peak_rss_gib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return 0.0
+from launch.memory import MemoryProbe, peak_rss_gib
 
 
 def _tokens(groups) -> int:
@@ -77,7 +71,7 @@ def scaling(steps, tasks, prompter, rollout, learners, push, version, max_tokens
     for group in (4, 8):
         for prompts in (8, 16, 32):
             for _ in range(2):
-                m = steps.grpo_step(tasks[:prompts], prompter, rollout, learners, group, "bridge_stage2", 0.0, True, 1.0, 1.0, max_tokens, push, version(), seed=0)
+                m = steps.grpo_step(tasks[:prompts], prompter, rollout, learners, steps.Sampling(group, 1.0, 1.0, max_tokens), "bridge_stage2", 0.0, True, push, version(), seed=0)
             total = m["generate_s"] + m["reward_s"] + m["learner_s"] + m["sync_s"]
             rows.append((prompts, group, total, m["generate_s"], m["learner_s"], m["sync_s"]))
             print(f"  {prompts:>3} prompts x G={group}: {total:6.1f} s (generate {m['generate_s']:.1f}, learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f})", flush=True)
@@ -177,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         version += 1
         return sync.sync(version)
 
-    for label, batch in (("warm-up", tasks[: args.prompts]), ("measured", tasks[args.prompts : 2 * args.prompts])):
-        m = steps.grpo_step(batch, prompter, rollout, learners, args.group, "bridge_stage2", 0.0, True, 1.0, 1.0, args.max_tokens, push, version, seed=0)
+    pids = {"driver": os.getpid()}
+    pids["rollout-0"] = ray.get(rollout.workers[0].__ray_call__.remote(lambda self: os.getpid()))
+    pids["learner-0"] = ray.get(learners.actors[0].__ray_call__.remote(lambda self: os.getpid()))
+    with MemoryProbe().watch(*pids.values()) as probe:
+        for label, batch in (("warm-up", tasks[: args.prompts]), ("measured", tasks[args.prompts : 2 * args.prompts])):
+            m = steps.grpo_step(batch, prompter, rollout, learners, steps.Sampling(args.group, 1.0, 1.0, args.max_tokens), "bridge_stage2", 0.0, True, push, version, seed=0)
     total = m["generate_s"] + m["reward_s"] + m["learner_s"] + m["sync_s"]
     print(f"GRPO step ({label}): {total:.1f} s = generate {m['generate_s']:.1f} + reward {m['reward_s']:.2f} + learner {m['learner_s']:.1f} + sync {m['sync_s']:.2f}")
     print(f"  rollout {m['rollout_tokens_per_s']:.0f} tokens/s, learner {m['learner_tokens_per_s']:.0f} tokens/s\n")
@@ -187,11 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         scaling(steps, tasks, prompter, rollout, learners, push, lambda: version, args.max_tokens, Path(args.out))
         print()
 
-    pids = {"driver": os.getpid()}
-    pids["rollout-0"] = ray.get(rollout.workers[0].__ray_call__.remote(lambda self: os.getpid()))
-    pids["learner-0"] = ray.get(learners.actors[0].__ray_call__.remote(lambda self: os.getpid()))
-    peaks = {name: _peak_rss_gib(pid) for name, pid in pids.items()}
-    print("peak RSS (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in peaks.items()) + f"; total {sum(peaks.values()):.2f}")
+    print(f"memory during the GRPO steps: peak total PSS {probe.peak_gib:.2f} GiB (driver + actors, shared pages counted once)")
+    peaks = {name: peak_rss_gib(pid) for name, pid in pids.items()}
+    print("peak RSS of each process (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in peaks.items()) + f"; sum {sum(peaks.values()):.2f}")
     learners.shutdown()
     rollout.shutdown()
     return 0
