@@ -33,6 +33,7 @@ SYSTEM_PROMPT = (
 class TaskConfig:
     stage1_mask_policy: Literal["one", "ratio", "none"] = option("one", "Stage-1 masking: 'one' masks a single step with probability stage1_mask_prob (paper), 'ratio' masks that share of the steps, 'none' only shuffles.")
     stage1_mask_prob: float = option(0.7, "Stage 1: probability (policy 'one') or share of steps (policy 'ratio') to mask.")
+    stage1_question_only: float = option(0.0, "Stage 1: share of tasks that show the question alone (every step hidden, as at evaluation), so SFT also practises solving from scratch; 0 = paper.")
     stage2_min_masked: int = option(1, "Stage 2: mask at least this many steps whenever the ratio is above 0 (paper: 3).")
     stage2_ratio_start: float = option(0.5, "Stage 2: share of steps masked at the first step (paper: 0.5).")
     stage2_ratio_end: float = option(1.0, "Stage 2: share masked at the end of the ramp; 1.0 = solve from the question alone.")
@@ -77,7 +78,15 @@ def choose_stage1_masks(num_steps: int, rng: random.Random, policy: str, prob: f
 
 
 def build_reconstruction_task(problem: Problem, rng: random.Random, cfg: TaskConfig) -> Task:
-    """Stage 1: shuffled (and maybe masked) steps in the prompt; the ordered solution as target."""
+    """Stage 1: shuffled (and maybe masked) steps in the prompt; the ordered solution as target.
+
+    A `stage1_question_only` share hides every step: the prompt is then the evaluation prompt (the
+    question alone, not a list of masks, whose length would leak the number of steps)."""
+    target = format_solution(problem.steps, problem.answer)
+    # Draw only when the share is set, so the paper's recipe keeps its random stream.
+    if cfg.stage1_question_only > 0 and rng.random() < cfg.stage1_question_only:
+        everything = tuple(range(len(problem.steps)))
+        return Task(stage=1, messages=_messages(f"Problem: {problem.question}"), problem=problem, target=target, masked=everything)
     masked = choose_stage1_masks(len(problem.steps), rng, cfg.stage1_mask_policy, cfg.stage1_mask_prob)
     order = list(range(len(problem.steps)))
     rng.shuffle(order)
@@ -94,7 +103,7 @@ def build_reconstruction_task(problem: Problem, rng: random.Random, cfg: TaskCon
         stage=1,
         messages=_messages(user),
         problem=problem,
-        target=format_solution(problem.steps, problem.answer),
+        target=target,
         masked=masked,
         shown_order=tuple(order),
     )

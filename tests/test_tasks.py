@@ -61,6 +61,17 @@ def test_stage1_mask_probability_follows_policy():
     assert all(len(build_reconstruction_task(four_steps, rng, ratio).masked) == 2 for _ in range(50))
 
 
+def test_stage1_question_only_share_shows_the_evaluation_prompt():
+    problem = Problem("How many?", ("2 + 2 = 4", "4 * 3 = 12", "12 - 1 = 11"), "11")
+    rng = random.Random(0)
+    cfg = TaskConfig(stage1_mask_policy="ratio", stage1_mask_prob=0.5, stage1_question_only=0.25)
+    tasks = [build_reconstruction_task(problem, rng, cfg) for _ in range(4000)]
+    alone = [t for t in tasks if t.messages == build_eval_task(problem).messages]
+    assert abs(len(alone) / 4000 - 0.25) < 0.03
+    assert all(t.masked == (0, 1, 2) and t.target == format_solution(problem.steps, "11") for t in alone)
+    assert all(len(t.masked) == 2 for t in tasks if t not in alone)
+
+
 @settings(max_examples=200, deadline=None)
 @given(problem=problems, seed=st.integers(0, 2**32 - 1), ratio=st.floats(0, 1), min_masked=st.integers(0, 4))
 def test_completion_masks_follow_ratio(problem, seed, ratio, min_masked):
