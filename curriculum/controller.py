@@ -61,6 +61,9 @@ class Controller:
         self.learners = LearnerGroup(self.placement, run.path.name, start_path, cfg.learner, cfg.grpo, cfg.cluster, self.prompter.pad_id)
         self.rollout = RolloutGroup(self.placement, run.path.name, start_path, cfg.rollout, cfg.cluster, cfg.run.seed)
         self.weight_sync = WeightSync(self.learners, self.rollout)
+        # The next GRPO step's groups, when they were generated during this step (`grpo.overlap_rollout`);
+        # never saved: a resumed run samples that step again with the weights it resumes from.
+        self.prefetched: steps.Rollouts | None = None
         if resume_from:
             self.learners.load(str(resume_from))
             self._log(f"resumed from {resume_from}: stage {self.state.stage}, step {self.state.stage_step}")
@@ -131,24 +134,30 @@ class Controller:
         return steps.sft_step(tasks, self.prompter, self.learners)
 
     def _grpo_step(self, stage: int, step: int, budget: int) -> dict[str, float]:
+        batch, self.prefetched = self.prefetched, None
+        if batch is None:
+            batch = steps.finish_rollouts(self._start_rollouts(stage, step, budget), self.rollout)
+        # One-step off-policy: the next step's groups are generated while this step updates.
+        ahead = self._start_rollouts(stage, step + 1, budget) if self.cfg.grpo.overlap_rollout and step + 1 < budget else None
+        metrics, self.prefetched = steps.grpo_update(
+            batch, self.prompter, self.rollout, self.learners, self.cfg.grpo.group_size,
+            self.cfg.rewards.stage2 if stage == 2 else self.cfg.rewards.stage3, self.cfg.rewards.step_check_weight,
+            self.cfg.grpo.scale_advantages_by_std, self._sync, self.state.version, ahead,
+        )
+        return {**metrics, "mask_ratio": mask_ratio_at(step, budget, self.cfg.tasks)} if stage == 2 else metrics
+
+    def _start_rollouts(self, stage: int, step: int, budget: int) -> steps.PendingRollouts:
+        """Build step `step`'s tasks (from (seed, stage, step) alone) and start sampling them."""
         rng = step_rng(self.cfg.run.seed, stage, step)
-        extra = {}
         if stage == 2:
             ratio = mask_ratio_at(step, budget, self.cfg.tasks)
             problems = self._problems(self.train, stage, step, self.cfg.stages.prompts_per_step)
             tasks = [build_completion_task(p, rng, ratio, self.cfg.tasks) for p in problems]
-            reward, extra["mask_ratio"] = self.cfg.rewards.stage2, ratio
         else:
             pool = [self.train[i] for i in self.state.failures]
             tasks = [build_rewrite_task(p) for p in self._problems(pool, stage, step, self.cfg.stages.prompts_per_step)]
-            reward = self.cfg.rewards.stage3
-        metrics = steps.grpo_step(
-            tasks, self.prompter, self.rollout, self.learners, self.cfg.grpo.group_size, reward,
-            self.cfg.rewards.step_check_weight, self.cfg.grpo.scale_advantages_by_std,
-            self.cfg.rollout.temperature, self.cfg.rollout.top_p, self.cfg.rollout.max_new_tokens,
-            sync=self._sync, expected_version=self.state.version, seed=sampling_seed(self.cfg.run.seed, stage, step),
-        )
-        return {**metrics, **extra}
+        sampling = steps.Sampling(self.cfg.grpo.group_size, self.cfg.rollout.temperature, self.cfg.rollout.top_p, self.cfg.rollout.max_new_tokens)
+        return steps.start_rollouts(tasks, self.prompter, self.rollout, sampling, sampling_seed(self.cfg.run.seed, stage, step), self.state.version)
 
     def _sync(self, bump: bool = True) -> SyncResult:
         version = self.state.version + (1 if bump else 0)
@@ -206,6 +215,6 @@ class Controller:
         else:
             self._log(
                 f"{head} reward {m['reward_mean']:+.3f} acc {m['accuracy']:.2f} tokens {m['completion_tokens']:.0f} "
-                f"clip {m['clip_fraction']:.3f} | generate {m['generate_s']:.1f}s reward {m['reward_s']:.2f}s "
+                f"clip {m['clip_fraction']:.3f} | generate {m['generate_s']:.1f}s (waited {m['rollout_wait_s']:.1f}s) reward {m['reward_s']:.2f}s "
                 f"learner {m['learner_s']:.1f}s sync {m['sync_s']:.2f}s (v{m['weight_version']})"
             )

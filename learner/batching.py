@@ -21,6 +21,8 @@ class Sequence:
     prompt: list[int]
     completion: list[int]
     advantage: float = 0.0
+    # Off-policy groups: log-prob of each completion token under the policy that sampled it.
+    behaviour_logprobs: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -32,6 +34,7 @@ class MicroBatch:
     loss_mask: torch.Tensor  # [B, keep]: 1.0 on completion tokens
     advantages: torch.Tensor  # [B]
     index: list[int]  # positions of these sequences in the caller's list
+    behaviour_log_probs: torch.Tensor | None = None  # [B, keep], aligned with targets; None = on-policy
 
     @property
     def keep(self) -> int:
@@ -57,7 +60,22 @@ def collate(sequences: list[Sequence], index: list[int], pad_id: int) -> MicroBa
         loss_mask[row, keep - len(seq.completion) :] = 1.0
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     advantages = torch.tensor([s.advantage for s in sequences], dtype=torch.float32)
-    return MicroBatch(input_ids, attention, positions, input_ids[:, length - keep :], loss_mask, advantages, index)
+    return MicroBatch(input_ids, attention, positions, input_ids[:, length - keep :], loss_mask, advantages, index, _behaviour(sequences, keep))
+
+
+def _behaviour(sequences: list[Sequence], keep: int) -> torch.Tensor | None:
+    """Behaviour log-probs laid out like the loss mask (0 elsewhere), or None for on-policy ones."""
+    given = [s.behaviour_logprobs is not None for s in sequences]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("a micro-batch mixes on-policy sequences and off-policy ones (with behaviour log-probs)")
+    out = torch.zeros((len(sequences), keep), dtype=torch.float32)
+    for row, seq in enumerate(sequences):
+        if len(seq.behaviour_logprobs) != len(seq.completion):
+            raise ValueError(f"{len(seq.behaviour_logprobs)} behaviour log-probs for {len(seq.completion)} completion tokens")
+        out[row, keep - len(seq.completion) :] = torch.tensor(seq.behaviour_logprobs, dtype=torch.float32)
+    return out
 
 
 def micro_batches(sequences: list[Sequence], size: int, pad_id: int) -> list[MicroBatch]:
@@ -65,6 +83,19 @@ def micro_batches(sequences: list[Sequence], size: int, pad_id: int) -> list[Mic
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].prompt) + len(sequences[i].completion))
     chunks = [order[i : i + size] for i in range(0, len(order), size)]
     return [collate([sequences[i] for i in chunk], chunk, pad_id) for chunk in chunks]
+
+
+def with_signal(sequences: list[Sequence], multiple: int) -> list[Sequence]:
+    """The sequences whose advantage is not 0, topped up with the shortest zero-advantage ones to a
+    non-empty multiple of `multiple` (every learner rank needs an equal, non-empty share).
+
+    A zero advantage makes a zero policy gradient (without a KL term), so as long as the loss keeps
+    the normaliser of the whole batch, the update is the same without them; the optimizer still
+    steps when no sequence has signal, as it would have."""
+    kept = [s for s in sequences if s.advantage != 0.0]
+    fillers = sorted((s for s in sequences if s.advantage == 0.0), key=lambda s: len(s.prompt) + len(s.completion))
+    missing = (-len(kept)) % multiple or (multiple if not kept else 0)
+    return kept + fillers[:missing]
 
 
 def shard(items: list, num_shards: int) -> list[list]:

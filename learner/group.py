@@ -7,7 +7,7 @@ import ray
 from cluster.config import ClusterConfig
 from cluster.placement import Placement
 from cluster.remote import RemoteCallError, wait_all
-from learner.batching import Sequence, shard
+from learner.batching import Sequence, shard, with_signal
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
 from learner.worker import LearnerWorker
@@ -21,7 +21,7 @@ def combine(stats: list[dict[str, float]]) -> dict[str, float]:
     out = {"loss": sum(s["loss"] for s in stats), "grad_norm": stats[0]["grad_norm"], "skipped": stats[0]["skipped"]}
     out["tokens"] = sum(s["tokens"] for s in stats)
     out["seconds"] = max(s["seconds"] for s in stats)
-    for key in ("clip_fraction", "approx_kl_old", "kl", "entropy"):
+    for key in ("clip_fraction", "approx_kl_old", "kl", "entropy", "behaviour_weight"):
         if key in stats[0]:
             out[key] = sum(s[key] * w for s, w in zip(stats, weights)) / total_weight
     return out
@@ -58,8 +58,10 @@ class LearnerGroup:
             normalizer = float(len(sequences))
         else:
             normalizer = float(sum(len(s.completion) for s in sequences))
+        if self.grpo.skip_zero_advantage and self.grpo.kl_coef == 0:
+            sequences = with_signal(sequences, self.size)  # same update, less work: see with_signal
         stats = self._call("grpo_step", normalizer, per_rank=shard(sequences, self.size), what="grpo_step on the learner group")
-        return combine(stats)
+        return {**combine(stats), "learner_sequences": len(sequences)}
 
     def export_weights(self) -> tuple[ray.ObjectRef, list[ray.ObjectRef]]:
         """Rank 0's full state dict as an object ref (every rank joins the ZeRO-3 gather)."""

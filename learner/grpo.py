@@ -23,6 +23,9 @@ class GRPOConfig:
     kl_coef: float = option(0.0, "beta for the k3 KL to a frozen reference model; 0 builds no reference model.")
     loss_aggregation: Literal["token_mean", "sequence_mean"] = option("token_mean", "'token_mean': every completion token weighs the same; 'sequence_mean': mean per sequence, then over sequences.")
     policy_epochs: int = option(1, "Passes of the learner over each rollout batch (ratios differ from 1 after the first).")
+    skip_zero_advantage: bool = option(True, "Leave sequences whose advantage is 0 (groups whose rewards are all equal) out of the learner's forward and backward: their policy gradient is 0 and the loss keeps the whole batch's normaliser, so the update is unchanged. Not applied when kl_coef > 0.")
+    overlap_rollout: bool = option(False, "Generate the next step's groups while the learner updates on this step's: one-step off-policy (those groups come from the weights one update behind), corrected by the behaviour weight below. Pays off when rollout and learner have their own devices; on one CPU give each actor part of the cores (rollout.torch_threads, learner.torch_threads).")
+    behaviour_weight_cap: float = option(2.0, "Off-policy groups: each token's loss is weighted by pi_current / pi_behaviour (the sampling policy's probability, from vLLM), truncated at this value.")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -68,6 +71,13 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, num_tokens:
     raise ValueError(f"unknown loss aggregation '{how}'")
 
 
+def behaviour_weights(old_log_probs: torch.Tensor, behaviour_log_probs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights pi_old / pi_behaviour of off-policy tokens (decoupled PPO, as
+    in AReaL): the clipped ratio keeps the update near the policy it starts from (`old`), and this
+    weight corrects for the groups having been sampled by an earlier policy (`behaviour`)."""
+    return torch.exp(old_log_probs.detach() - behaviour_log_probs.detach()).clamp(max=cap)
+
+
 def grpo_loss(
     log_probs: torch.Tensor,
     old_log_probs: torch.Tensor,
@@ -76,10 +86,13 @@ def grpo_loss(
     cfg: GRPOConfig,
     ref_log_probs: torch.Tensor | None = None,
     num_tokens: float | None = None,
+    behaviour_log_probs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped-ratio policy loss (+ beta * k3 KL), aggregated; returns (loss, statistics).
 
-    Only `log_probs` carries gradient: old/reference log-probs and advantages are constants.
+    Only `log_probs` carries gradient: old/reference/behaviour log-probs and advantages are
+    constants. `behaviour_log_probs` (off-policy groups only) weights each token's policy loss by
+    `behaviour_weights`; with behaviour = old the weight is 1 and the loss is the on-policy one.
     """
     old_log_probs, advantages = old_log_probs.detach(), advantages.detach()
     mask = mask.float()
@@ -89,7 +102,11 @@ def grpo_loss(
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     per_token = torch.maximum(unclipped, clipped)
-    stats = {}
+    stats = {"behaviour_weight": 1.0}
+    if behaviour_log_probs is not None:
+        weights = behaviour_weights(old_log_probs, behaviour_log_probs, cfg.behaviour_weight_cap)
+        per_token = per_token * weights
+        stats["behaviour_weight"] = masked_mean(weights, mask).item()
     if cfg.kl_coef > 0:
         if ref_log_probs is None:
             raise ValueError("kl_coef > 0 needs reference log-probs")

@@ -153,25 +153,27 @@ class LearnerWorker:
         ref = self._log_probs(self.reference, batches) if self.reference is not None else [None] * len(batches)
         self.engine.train()
         per_sequence = self.grpo.loss_aggregation == "sequence_mean"
-        sums = dict.fromkeys(("clip_fraction", "approx_kl_old", "kl", "entropy", "tokens"), 0.0)
+        sums = dict.fromkeys(("clip_fraction", "approx_kl_old", "kl", "entropy", "behaviour_weight", "tokens"), 0.0)
         losses, norms, skipped = [], [], 0
 
         def loss_of(i: int, batch: MicroBatch) -> torch.Tensor:
             logits = self._logits(self.engine, batch)
             mask = batch.loss_mask.to(self.device)
             log_probs = token_log_probs(logits, batch.targets.to(self.device))
+            behaviour = batch.behaviour_log_probs
             loss, stats = grpo_loss(
                 log_probs, log_probs.detach() if old is None else old[i].to(self.device),
                 batch.advantages.to(self.device), mask, self.grpo,
                 ref_log_probs=None if ref[i] is None else ref[i].to(self.device),
                 num_tokens=None if per_sequence else normalizer,
+                behaviour_log_probs=None if behaviour is None else behaviour.to(self.device),
             )
             if per_sequence:  # this micro-batch's mean -> its share of the global sequence mean
                 loss = loss * len(batch.index) / normalizer
             tokens = mask.sum().item()
             with torch.no_grad():
                 stats["entropy"] = (entropy_from_logits(logits) * mask).sum().item() / max(1.0, tokens)
-            for key in ("clip_fraction", "approx_kl_old", "kl", "entropy"):
+            for key in ("clip_fraction", "approx_kl_old", "kl", "entropy", "behaviour_weight"):
                 sums[key] += stats.get(key, 0.0) * tokens
             sums["tokens"] += tokens
             # DeepSpeed averages gradients over ranks; undo that to keep the global normaliser.

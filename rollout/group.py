@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import ray
 
@@ -31,6 +32,16 @@ def split_evenly(items: list, parts: int) -> list[list]:
     return chunks
 
 
+@dataclass
+class PendingGeneration:
+    """A generation call in flight: each worker's share, the call's arguments, its Ray refs."""
+
+    chunks: list[list[list[int]]]
+    args: tuple
+    started: float
+    refs: dict[int, ray.ObjectRef] = field(default_factory=dict)
+
+
 class RolloutGroup:
     def __init__(self, placement: Placement, run: str, model_path: str, cfg: RolloutConfig, cluster: ClusterConfig, seed: int):
         actor = ray.remote(RolloutWorker)
@@ -49,33 +60,45 @@ class RolloutGroup:
         # Engines start in parallel; wait until every one answers.
         wait_all([w.version.remote() for w in self.workers], cluster.call_timeout_s, "rollout workers to start their vLLM engines", self.names)
 
+    def submit(
+        self, prompts: list[list[int]], n: int, temperature: float, max_tokens: int, top_p: float = 1.0,
+        logprobs: bool = True, seed: int | None = None,
+    ) -> PendingGeneration:
+        """Start generating on every worker and return at once; `collect` waits for the results.
+
+        `seed` seeds each worker's sampling (with seed + 1000 x its index) for this call."""
+        pending = PendingGeneration(split_evenly(prompts, len(self.workers)), (n, temperature, top_p, max_tokens, logprobs, seed), time.perf_counter())
+        pending.refs = {i: self._call(pending, i) for i, chunk in enumerate(pending.chunks) if chunk}
+        return pending
+
+    def collect(self, pending: PendingGeneration) -> tuple[list[list[Completion]], set[int], float]:
+        """Completions per prompt (in order), the weight versions used, and the seconds the slowest
+        worker generated for. A worker that died is waited for and given its share again."""
+        results: list = [None] * len(self.workers)
+        what = f"generation of {sum(map(len, pending.chunks))} prompts x {pending.args[0]}"
+        while pending.refs:
+            todo = list(pending.refs)
+            outcomes = settle([pending.refs[i] for i in todo], self.cluster.call_timeout_s, what, [self.names[i] for i in todo])
+            pending.refs = {}
+            for i, out in zip(todo, outcomes):
+                if isinstance(out, ActorDied):
+                    self._recover(i, what)
+                    pending.refs[i] = self._call(pending, i)
+                else:
+                    results[i] = out
+        done = [r for r in results if r is not None]
+        completions = [group for out, _, _ in done for group in out]
+        return completions, {version for _, version, _ in done}, max((seconds for _, _, seconds in done), default=0.0)
+
     def generate(
         self, prompts: list[list[int]], n: int, temperature: float, max_tokens: int, top_p: float = 1.0,
         logprobs: bool = True, seed: int | None = None,
     ) -> tuple[list[list[Completion]], set[int], float]:
-        """Completions per prompt (in order), the weight versions used, and the wall seconds.
+        """`submit` and `collect` in one call."""
+        return self.collect(self.submit(prompts, n, temperature, max_tokens, top_p, logprobs, seed))
 
-        `seed` seeds each worker's sampling (with seed + 1000 x its index) for this call."""
-        start = time.perf_counter()
-        chunks = split_evenly(prompts, len(self.workers))
-        results: list = [None] * len(self.workers)
-        todo = [i for i, chunk in enumerate(chunks) if chunk]
-        what = f"generation of {len(prompts)} prompts x {n}"
-        while todo:
-            outcomes = settle(
-                [self.workers[i].generate.remote(chunks[i], n, temperature, top_p, max_tokens, logprobs, seed) for i in todo],
-                self.cluster.call_timeout_s, what, [self.names[i] for i in todo],
-            )
-            lost = [i for i, out in zip(todo, outcomes) if isinstance(out, ActorDied)]
-            for i, out in zip(todo, outcomes):
-                if i not in lost:
-                    results[i] = out
-            for i in lost:
-                self._recover(i, what)
-            todo = lost
-        done = [r for r in results if r is not None]
-        completions = [group for out, _, _ in done for group in out]
-        return completions, {version for _, version, _ in done}, time.perf_counter() - start
+    def _call(self, pending: PendingGeneration, index: int) -> ray.ObjectRef:
+        return self.workers[index].generate.remote(pending.chunks[index], *pending.args)
 
     def _recover(self, index: int, what: str) -> None:
         """Wait for Ray to restart worker `index` (it fails here once its restarts are used up)."""

@@ -1,7 +1,8 @@
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from learner.batching import Sequence, collate, micro_batches, shard
+from learner.batching import Sequence, collate, micro_batches, shard, with_signal
 from learner.grpo import token_log_probs
 
 
@@ -13,6 +14,16 @@ def test_left_padding_layout():
     assert batch.keep == 3
     assert batch.targets.tolist() == [[3, 4, 5], [7, 8, 9]]
     assert batch.loss_mask.tolist() == [[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+
+
+def test_behaviour_log_probs_are_laid_out_like_the_loss_mask():
+    batch = collate([Sequence([1, 2, 3], [4, 5], 1.0, (-0.5, -1.5)), Sequence([6], [7, 8, 9], 1.0, (-1.0, -2.0, -3.0))], [0, 1], pad_id=0)
+    assert batch.behaviour_log_probs.tolist() == [[0.0, -0.5, -1.5], [-1.0, -2.0, -3.0]]
+    assert collate([Sequence([1], [2])], [0], pad_id=0).behaviour_log_probs is None
+    with pytest.raises(ValueError, match="mixes on-policy"):
+        collate([Sequence([1], [2], 1.0, (-0.1,)), Sequence([1], [2])], [0, 1], pad_id=0)
+    with pytest.raises(ValueError, match="1 behaviour log-probs for 2"):
+        collate([Sequence([1], [2, 3], 1.0, (-0.1,))], [0], pad_id=0)
 
 
 def test_micro_batches_cover_everything_once():
@@ -86,3 +97,35 @@ def test_single_epoch_reuses_current_log_probs_as_old():
     loss_b, grads_b = gradients(False)
     assert loss_a == loss_b
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+def test_with_signal_keeps_nonzero_advantages_and_tops_up_with_the_shortest():
+    seqs = [Sequence([1] * n, [2], a) for n, a in ((5, 0.0), (1, 0.5), (3, 0.0), (2, 0.0), (4, -0.5))]
+    assert with_signal(seqs, 1) == [seqs[1], seqs[4]]
+    assert with_signal(seqs, 3) == [seqs[1], seqs[4], seqs[3]]  # + the shortest zero-advantage one
+    silent = [Sequence([1] * n, [2], 0.0) for n in (3, 1, 2)]
+    assert with_signal(silent, 2) == [silent[1], silent[2]]  # every rank still steps
+
+
+def test_skipping_zero_advantage_sequences_leaves_the_gradient_unchanged():
+    from learner.grpo import GRPOConfig, grpo_loss
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    model = LlamaForCausalLM(config)
+    advantages = (1.0, -1.0, 0.0, 0.0, 0.5, 0.0)
+    seqs = [Sequence([5 + i, 6, 7][: 1 + i % 3], [9, 10 + i, 11][: 1 + (i * 2) % 3], a) for i, a in enumerate(advantages)]
+
+    def gradients(how: str, sequences):
+        model.zero_grad()
+        normalizer = float(sum(len(s.completion) for s in seqs))  # always the whole batch's
+        for batch in micro_batches(sequences, 2, pad_id=0):
+            log_probs = token_log_probs(model(**batch.model_inputs(torch.device("cpu"))).logits[:, :-1], batch.targets)
+            loss, _ = grpo_loss(log_probs, log_probs.detach(), batch.advantages, batch.loss_mask, GRPOConfig(loss_aggregation=how), num_tokens=normalizer)
+            (loss * (len(batch.index) / len(seqs) if how == "sequence_mean" else 1.0)).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    for how in ("token_mean", "sequence_mean"):
+        full, skipped = gradients(how, seqs), gradients(how, with_signal(seqs, 1))
+        assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(full, skipped))
+        assert any(a.abs().sum() > 0 for a in full)

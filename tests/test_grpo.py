@@ -5,6 +5,7 @@ import torch
 
 from learner.grpo import (
     GRPOConfig,
+    behaviour_weights,
     entropy_from_logits,
     grpo_loss,
     group_advantages,
@@ -46,6 +47,37 @@ def test_grpo_loss_by_hand_token_mean():
     expected = torch.tensor([[0.0, 1.5], [-0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]) / 7
     assert torch.allclose(log_probs.grad, expected, atol=1e-5)
     assert old.grad is None  # no gradient through the behaviour policy
+
+
+def test_behaviour_weights_by_hand():
+    old = torch.tensor([[math.log(0.5), math.log(0.9)]])
+    behaviour = torch.tensor([[math.log(0.25), math.log(0.3)]])
+    # 0.5 / 0.25 = 2.0; 0.9 / 0.3 = 3.0, truncated at 2.5
+    assert behaviour_weights(old, behaviour, cap=2.5)[0].tolist() == pytest.approx([2.0, 2.5])
+
+
+def test_on_policy_behaviour_gives_the_straightforward_loss_and_gradient():
+    log_probs, old, adv, mask = _toy_batch()
+    cfg = GRPOConfig()
+    plain, _ = grpo_loss(log_probs, old, adv, mask, cfg)
+    (plain_grad,) = torch.autograd.grad(plain, log_probs)
+    weighted, stats = grpo_loss(log_probs, old, adv, mask, cfg, behaviour_log_probs=old.detach().clone())
+    (weighted_grad,) = torch.autograd.grad(weighted, log_probs)
+    assert weighted.item() == plain.item()
+    assert torch.equal(weighted_grad, plain_grad)
+    assert stats["behaviour_weight"] == 1.0
+
+
+def test_off_policy_tokens_are_weighted_by_their_behaviour_weight():
+    log_probs, old, adv, mask = _toy_batch()
+    behaviour = torch.full((4, 2), math.log(0.5))  # old = log 1: every weight is 1 / 0.5 = 2
+    cfg = GRPOConfig(behaviour_weight_cap=3.0)
+    plain, _ = grpo_loss(log_probs, old, adv, mask, cfg)
+    weighted, stats = grpo_loss(log_probs, old, adv, mask, cfg, behaviour_log_probs=behaviour)
+    assert weighted.item() == pytest.approx(2 * plain.item())
+    assert stats["behaviour_weight"] == pytest.approx(2.0)
+    capped, _ = grpo_loss(log_probs, old, adv, mask, GRPOConfig(behaviour_weight_cap=1.5), behaviour_log_probs=behaviour)
+    assert capped.item() == pytest.approx(1.5 * plain.item())
 
 
 def test_grpo_loss_sequence_mean():
