@@ -8,6 +8,7 @@ the step checker verify the arithmetic of a chain.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ def normalize_answer(raw: str) -> str:
     try:
         number = float(text)
     except ValueError:
+        return text
+    if not math.isfinite(number):  # a run of digits too long for a float (or 'inf'): keep it as written
         return text
     if number == int(number) and abs(number) < 1e15:
         return str(int(number))
