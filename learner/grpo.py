@@ -44,10 +44,17 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+@torch.no_grad()
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-token entropy of the sampling distribution, [B, T]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
+    """Per-token entropy of the sampling distribution, [B, T] (a statistic: no gradient).
+
+    One sequence at a time, so that its fp32 temporaries are [T, V] rather than [B, T, V]: with a
+    49k vocabulary those are hundreds of MB each, at the learner's memory peak."""
+    rows = []
+    for row in logits:
+        logp = torch.log_softmax(row.float(), dim=-1)
+        rows.append(-(logp.exp() * logp).sum(dim=-1))
+    return torch.stack(rows)
 
 
 def kl_k3(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:

@@ -171,8 +171,7 @@ class LearnerWorker:
             if per_sequence:  # this micro-batch's mean -> its share of the global sequence mean
                 loss = loss * len(batch.index) / normalizer
             tokens = mask.sum().item()
-            with torch.no_grad():
-                stats["entropy"] = (entropy_from_logits(logits) * mask).sum().item() / max(1.0, tokens)
+            stats["entropy"] = (entropy_from_logits(logits) * mask).sum().item() / max(1.0, tokens)
             for key in ("clip_fraction", "approx_kl_old", "kl", "entropy", "behaviour_weight"):
                 sums[key] += stats.get(key, 0.0) * tokens
             sums["tokens"] += tokens

@@ -126,6 +126,9 @@ def test_token_log_probs_and_entropy():
     logits = torch.zeros(1, 2, 4)
     assert torch.allclose(token_log_probs(logits, torch.tensor([[0, 3]])), torch.full((1, 2), -math.log(4)))
     assert torch.allclose(entropy_from_logits(logits), torch.full((1, 2), math.log(4)))
+    batch = torch.randn(3, 5, 11)
+    logp = torch.log_softmax(batch, dim=-1)
+    assert torch.allclose(entropy_from_logits(batch), -(logp.exp() * logp).sum(-1), atol=1e-6)
 
 
 def test_sft_loss_ignores_prompt_tokens():
