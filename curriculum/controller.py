@@ -16,6 +16,8 @@ where to continue, so `--resume` never repeats a finished stage. Batches and tas
 derived from (seed, stage, step), so a resumed step draws the batch the interrupted one drew; the
 rollout sampling seed is derived the same way.
 An update skipped for a non-finite loss or gradient is logged and counted; a run of them stops the run.
+With `grpo.overlap_rollout`, a GRPO step starts sampling the next step's groups before its own
+update, and waits for them before pushing the new weights (one-step off-policy).
 """
 
 from __future__ import annotations
