@@ -88,6 +88,8 @@ class PendingRollouts:
 
 @dataclass
 class Rollouts:
+    """A step's sampled groups (one per kept task, in order), which weights sampled them, and timing."""
+
     tasks: list[Task]
     prompts: list[list[int]]
     skipped: int
