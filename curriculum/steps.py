@@ -6,11 +6,11 @@ to run when, and the groups do the distributed work.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,7 +64,7 @@ def sft_step(tasks: list[Task], prompter: Prompter, learners) -> dict[str, float
     }
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Sampling:
     """How a GRPO step samples: G completions per prompt, temperature, nucleus, length."""
 
@@ -74,7 +74,7 @@ class Sampling:
     max_tokens: int
 
 
-@dataclass
+@dataclasses.dataclass
 class PendingRollouts:
     """A step's groups being generated: its tasks, their prompts, and the weight version the
     rollout workers held when the call went out."""
@@ -86,7 +86,7 @@ class PendingRollouts:
     generation: PendingGeneration
 
 
-@dataclass
+@dataclasses.dataclass
 class Rollouts:
     """A step's sampled groups (one per kept task, in order), which weights sampled them, and timing."""
 
@@ -186,4 +186,5 @@ def grpo_update(
         "rollout_tokens_per_s": sum(lengths) / max(1e-9, batch.generate_s),
         "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
     }
-    return metrics, following
+    # Its wait was spent (and logged) in this step, not the next.
+    return metrics, dataclasses.replace(following, waited_s=0.0) if following else None
