@@ -96,7 +96,8 @@ def run_ours(model: str, problems: list, args, variant: str = "default") -> tupl
         for step in range(args.steps):
             start = time.perf_counter()
             batch = batch or steps.finish_rollouts(start_step(step), rollout)
-            ahead = start_step(step + 1) if overlap and step + 1 < args.steps else None
+            # Overlapped, every step (the last too) generates the next one's groups: the steady state.
+            ahead = start_step(step + 1) if overlap else None
             m, batch = steps.grpo_update(batch, prompter, rollout, learners, args.group, "correct", 0.0, True, push, version, ahead)
             seconds.append(time.perf_counter() - start)
             version = m["weight_version"]
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(set(variants) - set(VARIANTS)):
         parser.error(f"unknown --ours variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     model = resolve_model(args.model)
-    problems = load_problems("gsm8k:train", limit=args.prompts * args.steps).problems
+    problems = load_problems("gsm8k:train", limit=args.prompts * (args.steps + 1)).problems
     python = None if args.skip_trl else ensure_trl_env(Path(args.trl_env))
     print(f"{args.prompts} prompts x G={args.group}, <= {args.max_tokens} new tokens, {args.steps} steps (first = warm-up)\n", flush=True)
     rows = [(VARIANTS[v], *run_ours(model, problems, args, v)) for v in variants]
