@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import torch
 
+from cluster.packed_weights import PackedWeights, pack
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
@@ -196,8 +197,8 @@ class LearnerWorker:
     # ------------------------------------------------------------------------------------------
     # weights and checkpoints
 
-    def _on_rank0(self, tensors) -> dict[str, torch.Tensor] | None:
-        """Copies of `tensors()` (a name -> tensor dict of the module) in full on rank 0; every rank
+    def _on_rank0(self, tensors, copy=lambda ts: {name: t.detach().cpu().clone() for name, t in ts.items()}):
+        """`copy(tensors())` (a name -> tensor dict of the module, in full) on rank 0; every rank
         must call this (under ZeRO-3 it gathers the parameters). Copies, because the gather releases
         them on exit and, under ZeRO-1/2, parameters are views into one flat buffer that Ray would
         serialise whole for every view."""
@@ -208,12 +209,13 @@ class LearnerWorker:
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else nullcontext():
             if self.rank != 0:
                 return None
-            return {name: t.detach().cpu().clone() for name, t in tensors().items()}
+            return copy(tensors())
 
-    def export_weights(self) -> dict[str, torch.Tensor] | None:
+    def export_weights(self) -> PackedWeights | None:
         """What the rollout workers load after an update: every parameter once, from rank 0
-        (parameters only, so tied weights travel once; vLLM ties them again on load)."""
-        return self._on_rank0(lambda: dict(self.engine.module.named_parameters()))
+        (parameters only, so tied weights travel once; vLLM ties them again on load), packed into
+        one buffer that the workers read in place."""
+        return self._on_rank0(lambda: dict(self.engine.module.named_parameters()), pack)
 
     def weight_buckets(self, bucket_mb: int):
         """NCCL transport: how the parameters are packed into broadcast buckets (same on every rank)."""

@@ -7,11 +7,11 @@ runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that weights reach it
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
+from cluster.packed_weights import PackedWeights, unpack
 from rollout.config import RolloutConfig
 
 
@@ -61,9 +61,9 @@ class RolloutEngine:
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [[_completion(c, logprobs) for c in out.outputs] for out in outputs]
 
-    def load_weights(self, weights: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], version: int) -> int:
+    def load_weights(self, weights: PackedWeights, version: int) -> int:
         """Replace the engine's weights in place; returns the bytes loaded."""
-        items = list(weights.items()) if isinstance(weights, dict) else list(weights)
+        items = unpack(weights)
 
         def reload(worker):
             # `model.load_weights` after start-up fails on CPU (the backend repacks weights);
@@ -74,7 +74,7 @@ class RolloutEngine:
         # Cached prefixes hold keys/values of the old weights.
         self.llm.reset_prefix_cache()
         self.version = version
-        return sum(t.numel() * t.element_size() for _, t in items)
+        return weights.nbytes
 
 
     def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, timeout_s: int) -> None:

@@ -12,6 +12,7 @@ import ray
 import torch
 
 from cluster.config import ClusterConfig
+from cluster.packed_weights import unpack
 from cluster.placement import place
 from cluster.remote import RemoteCallError
 from cluster.weight_sync import WeightSync
@@ -67,14 +68,14 @@ def test_non_finite_update_is_skipped_on_every_rank(ray_session, tiny_model_dir,
     good = [Sequence([1, 2, 3], [7, 8, 9, 10], 0.5 * (-1) ** i) for i in range(4)]
     poisoned = good[:3] + [Sequence([1, 2, 3], [7, 8, 9, 10], float("nan"))]  # only rank 1's share
     try:
-        before = ray.get(group.export_weights()[0])
+        before = dict(unpack(ray.get(group.export_weights()[0])))
         stats = group.grpo_step(poisoned)
         assert stats["skipped"] == 1.0
-        unchanged = ray.get(group.export_weights()[0])
+        unchanged = dict(unpack(ray.get(group.export_weights()[0])))
         assert all(torch.equal(before[k], unchanged[k]) for k in before)
         group.save(str(tmp_path / "ckpt"))  # still finite: it may be saved
         assert group.grpo_step(good)["skipped"] == 0.0
-        after = ray.get(group.export_weights()[0])
+        after = dict(unpack(ray.get(group.export_weights()[0])))
         assert any(not torch.equal(before[k], after[k]) for k in before)
     finally:
         group.shutdown()

@@ -5,6 +5,7 @@ import ray
 import torch
 
 from cluster.config import ClusterConfig
+from cluster.packed_weights import unpack
 from cluster.placement import place
 from cluster.weight_sync import WeightSync
 from learner.batching import Sequence
@@ -60,7 +61,7 @@ def _run_group(size, tiny_model_dir, sft, grpo):
     group = LearnerGroup(placement, f"zero{size}", tiny_model_dir, cfg, GRPOConfig(), CLUSTER, pad_id=0)
     try:
         records = [group.sft_step(sft), group.sft_step(sft), group.grpo_step(grpo)]
-        weights = ray.get(group.export_weights()[0])
+        weights = dict(unpack(ray.get(group.export_weights()[0])))
     finally:
         group.shutdown()
         placement.remove()
@@ -98,7 +99,7 @@ def test_zero3_with_kl_reference_exports_saves_and_reloads(ray_session, tiny_mod
         group.sft_step(sequences)
         stats = group.grpo_step(sequences)
         assert stats["kl"] > 0  # the policy moved away from the frozen reference in the SFT step
-        weights = ray.get(group.export_weights()[0])  # gathered from the ZeRO-3 partitions
+        weights = dict(unpack(ray.get(group.export_weights()[0])))  # gathered from the ZeRO-3 partitions
         group.save(str(tmp_path / "ckpt"))
         group.load(str(tmp_path / "ckpt"))
     finally:
