@@ -38,7 +38,6 @@ class PendingGeneration:
 
     chunks: list[list[list[int]]]
     args: tuple
-    started: float
     refs: dict[int, ray.ObjectRef] = field(default_factory=dict)
 
 
@@ -67,7 +66,7 @@ class RolloutGroup:
         """Start generating on every worker and return at once; `collect` waits for the results.
 
         `seed` seeds each worker's sampling (with seed + 1000 x its index) for this call."""
-        pending = PendingGeneration(split_evenly(prompts, len(self.workers)), (n, temperature, top_p, max_tokens, logprobs, seed), time.perf_counter())
+        pending = PendingGeneration(split_evenly(prompts, len(self.workers)), (n, temperature, top_p, max_tokens, logprobs, seed))
         pending.refs = {i: self._call(pending, i) for i, chunk in enumerate(pending.chunks) if chunk}
         return pending
 
