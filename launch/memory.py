@@ -62,9 +62,9 @@ class MemoryProbe:
         """Total PSS now, in KiB; also remembers every process's peak resident set."""
         total = 0
         for pid in {p for root in self.pids for p in _with_descendants(root)}:
-            proc = Path(f"/proc/{pid}")
-            total += _read_kib(proc / "smaps_rollup", "Pss:")
-            self._hwm_kib[pid] = max(self._hwm_kib.get(pid, 0), _read_kib(proc / "status", "VmHWM:"))
+            total += _read_kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
+            # kept with max: an exited process reads 0, but its peak still counts
+            self._hwm_kib[pid] = max(self._hwm_kib.get(pid, 0), round(peak_rss_gib(pid) * 2**20))
         self.peak_kib = max(self.peak_kib, total)
         return total
 
@@ -77,9 +77,9 @@ class MemoryProbe:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.sample()
         self._stop.set()
         self._thread.join()
+        self.sample()  # once more, after the thread: no two samples at the same time
 
     @property
     def peak_gib(self) -> float:
