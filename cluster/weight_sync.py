@@ -3,8 +3,9 @@
 Two transports, chosen by `cluster.weight_transport`:
 - object_store (CPU, and any device): learner rank 0 gathers the full parameters (under ZeRO-3
   every rank joins the gather) and returns them, packed into one buffer, into Ray's object store;
-  every rollout worker reads that one object in place and reloads its vLLM engine. On one box the object store is
-  shared memory, so the weights are written once and read by every worker without a network hop.
+  every rollout worker reads that one object in place and reloads its vLLM engine. On one box the
+  object store is shared memory, so the weights are written once and read by every worker without
+  a network hop.
 - nccl (GPU): learner rank 0 and every vLLM worker form one stateless NCCL group; parameters go
   out in flat buckets while the vLLM workers receive them through their worker extension
   (`rollout/nccl_receiver.py`). Written against vLLM's worker-extension API; not run by the CPU

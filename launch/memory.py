@@ -25,9 +25,13 @@ def _read_kib(path: Path, field: str) -> int:
     return 0
 
 
+def _peak_rss_kib(pid: int) -> int:
+    return _read_kib(Path(f"/proc/{pid}/status"), "VmHWM:")
+
+
 def peak_rss_gib(pid: int) -> float:
     """One process's own peak resident set (VmHWM)."""
-    return _read_kib(Path(f"/proc/{pid}/status"), "VmHWM:") / 2**20
+    return _peak_rss_kib(pid) / 2**20
 
 
 def _with_descendants(pid: int) -> list[int]:
@@ -64,7 +68,7 @@ class MemoryProbe:
         for pid in {p for root in self.pids for p in _with_descendants(root)}:
             total += _read_kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
             # kept with max: an exited process reads 0, but its peak still counts
-            self._hwm_kib[pid] = max(self._hwm_kib.get(pid, 0), round(peak_rss_gib(pid) * 2**20))
+            self._hwm_kib[pid] = max(self._hwm_kib.get(pid, 0), _peak_rss_kib(pid))
         self.peak_kib = max(self.peak_kib, total)
         return total
 
