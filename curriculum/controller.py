@@ -41,6 +41,7 @@ from curriculum.run_dir import RunDir, RunState
 from curriculum.stages import STAGE_NAMES, batch_indices, sampling_seed, step_rng
 from curriculum.tasks import build_completion_task, build_reconstruction_task, build_rewrite_task, mask_ratio_at
 from learner.group import LearnerGroup
+from learner.schedule import sft_learning_rate
 from rollout.group import RolloutGroup
 
 
@@ -133,7 +134,9 @@ class Controller:
         rng = step_rng(self.cfg.run.seed, stage, step)
         problems = self._problems(self.train, stage, step, self.cfg.stages.sft_batch_size)
         tasks = [build_reconstruction_task(p, rng, self.cfg.tasks) for p in problems]
-        return steps.sft_step(tasks, self.prompter, self.learners)
+        learner = self.cfg.learner
+        lr = sft_learning_rate(step, budget, learner.sft_lr, learner.sft_warmup_steps, learner.sft_decay_fraction)
+        return steps.sft_step(tasks, self.prompter, self.learners, lr)
 
     def _grpo_step(self, stage: int, step: int, budget: int) -> dict[str, float]:
         batch, self.prefetched = self.prefetched, None

@@ -50,15 +50,15 @@ def _trim(sequences: list[Sequence], multiple: int) -> list[Sequence]:
     return sequences[: len(sequences) - len(sequences) % multiple]
 
 
-def sft_step(tasks: list[Task], prompter: Prompter, learners) -> dict[str, float]:
-    """Stage 1: teacher-forced reconstruction of the ordered rationale."""
+def sft_step(tasks: list[Task], prompter: Prompter, learners, lr: float) -> dict[str, float]:
+    """Stage 1: teacher-forced reconstruction of the ordered rationale, one update at `lr`."""
     kept, prompts, skipped = _encode(tasks, prompter)
     sequences = _trim([Sequence(p, prompter.target_ids(t)) for t, p in zip(kept, prompts)], learners.size)
     if not sequences:
         raise RuntimeError("no stage-1 example fits model.max_prompt_tokens; raise it or check the data")
-    stats = learners.sft_step(sequences)
+    stats = learners.sft_step(sequences, lr)
     return {
-        "loss": stats["loss"], "grad_norm": stats["grad_norm"], "skipped_update": stats["skipped"],
+        "loss": stats["loss"], "lr": lr, "grad_norm": stats["grad_norm"], "skipped_update": stats["skipped"],
         "prompts_skipped": skipped, "batch_digest": batch_digest(prompts),
         "learner_s": stats["seconds"], "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
     }

@@ -48,9 +48,11 @@ class LearnerGroup:
         ]
         return wait_all(refs, timeout or self.cluster.call_timeout_s, what, [self.names[r] for r in targets])
 
-    def sft_step(self, sequences: list[Sequence]) -> dict[str, float]:
+    def sft_step(self, sequences: list[Sequence], lr: float | None = None) -> dict[str, float]:
+        """One SFT update at `lr` (None: `learner.sft_lr`)."""
         target_tokens = sum(len(s.completion) for s in sequences)
-        stats = self._call("sft_step", float(target_tokens), per_rank=shard(sequences, self.size), what="sft_step on the learner group")
+        lr = self.cfg.sft_lr if lr is None else lr
+        stats = self._call("sft_step", float(target_tokens), lr, per_rank=shard(sequences, self.size), what="sft_step on the learner group")
         return combine(stats)
 
     def grpo_step(self, sequences: list[Sequence]) -> dict[str, float]:

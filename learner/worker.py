@@ -63,7 +63,9 @@ class LearnerWorker:
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.sft_lr, weight_decay=self.cfg.weight_decay)
+        # fused: one pass over the flat fp32 partition instead of several full-size temporaries
+        # (on CPU those temporaries alone took a tenth of an SFT step).
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.sft_lr, weight_decay=self.cfg.weight_decay, fused=True)
         ds_config = {
             "train_micro_batch_size_per_gpu": self.cfg.micro_batch_size,
             "gradient_accumulation_steps": 1,  # set per step: see _optimizer_step
@@ -121,11 +123,11 @@ class LearnerWorker:
     # ------------------------------------------------------------------------------------------
     # steps
 
-    def sft_step(self, sequences: list[Sequence], normalizer: float) -> dict[str, float]:
+    def sft_step(self, sequences: list[Sequence], normalizer: float, lr: float) -> dict[str, float]:
         """Stage 1: cross-entropy on target tokens; `normalizer` counts them over all ranks."""
         start = time.perf_counter()
         self.engine.train()
-        self._set_lr(self.cfg.sft_lr)
+        self._set_lr(lr)
         batches = micro_batches(sequences, self.cfg.micro_batch_size, self.pad_id)
         scale = self.world_size / max(1.0, normalizer)
 

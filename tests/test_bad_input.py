@@ -45,6 +45,7 @@ GOOD_ROW = json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = <<2+3=5>
         ("grpo.grup_size=4", "grpo.grup_size"),  # unknown key
         ("grpo.group_size=four", "grpo.group_size"),  # mistyped value
         ("learner.zero_stage=0", "learner.zero_stage"),  # not an allowed value
+        ("learner.sft_decay_fraction=1.5", "learner.sft_decay_fraction"),  # out of range
     ],
 )
 def test_bad_config(capsys, out, tiny_model_dir, override, message):
