@@ -64,7 +64,7 @@ class LearnerWorker:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
         # fused: one pass over the flat fp32 partition instead of several full-size temporaries
-        # (on CPU those temporaries alone took a tenth of an SFT step).
+        # (SmolLM2 on 2 CPU cores: optimizer step 1.01 s -> 0.62 s of an ~11 s SFT step).
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.sft_lr, weight_decay=self.cfg.weight_decay, fused=True)
         ds_config = {
             "train_micro_batch_size_per_gpu": self.cfg.micro_batch_size,
