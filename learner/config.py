@@ -21,7 +21,6 @@ class LearnerConfig:
     weight_decay: float = option(0.0, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Clip the global gradient norm to this (0 = no clipping).")
     micro_batch_size: int = option(4, "Sequences per forward/backward on one learner; a step accumulates as many micro-batches as its share needs.")
-    retain_freed_memory: bool = option(True, "CPU learners: glibc keeps freed memory in the process (no mmap for large blocks, no trimming) so every step reuses it instead of faulting in fresh zeroed pages; a higher but flat resident size. No effect on GPU learners.")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory (slower).")
     torch_threads: int = option(1, "CPU threads per learner actor (keep learners and rollout workers from oversubscribing cores).")
     init_timeout_s: float = option(600.0, "Seconds to wait for the learner group's process group to form.")

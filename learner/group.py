@@ -27,22 +27,6 @@ def combine(stats: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-# Read by glibc when the actor's process starts (mallopt(3)). By default every block above 32 MiB
-# (logits, their fp32 copies and gradients: hundreds of MB with a 49k vocabulary) is mmap'd and
-# unmapped again, so each step faults in and zeroes gigabytes of fresh pages: SmolLM2 SFT on this
-# 2-core box spent 7-10 s of ~45 CPU-s per step in the kernel (1.5M page faults); with the freed
-# memory kept, 0.2 s and no faults once the first steps have reached their peak.
-RETAIN_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)}
-
-
-def learner_env(cfg: LearnerConfig, cluster: ClusterConfig) -> dict[str, str]:
-    """Environment variables of every learner actor's process."""
-    env = {"OMP_NUM_THREADS": str(cfg.torch_threads)}
-    if cfg.retain_freed_memory and not cluster.gpus_per_learner:
-        env.update(RETAIN_FREED_MEMORY)
-    return env
-
-
 class LearnerGroup:
     def __init__(self, placement: Placement, run: str, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, cluster: ClusterConfig, pad_id: int):
         actor = ray.remote(LearnerWorker)
@@ -50,7 +34,7 @@ class LearnerGroup:
         self.size = cfg.num_learners
         self.names = [f"learner-{rank}" for rank in range(self.size)]
         self.actors = [
-            actor.options(**placement.options("learner", rank, run, cluster, env=learner_env(cfg, cluster))).remote(rank, self.size, model_path, cfg, grpo)
+            actor.options(**placement.options("learner", rank, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})).remote(rank, self.size, model_path, cfg, grpo)
             for rank in range(self.size)
         ]
         master_addr, master_port = self._call("address", what="learner-0 to pick a rendezvous address", ranks=[0])[0]
