@@ -39,9 +39,52 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool 
     return centred.view(-1)
 
 
+# Rows of the vocabulary handled at once by `token_log_probs`: 64 x 49k fp32 values is 12 MiB, small
+# enough that the allocator reuses the block instead of mapping and faulting in fresh pages.
+LOG_PROB_CHUNK_ROWS = 64
+
+
+class _TokenLogProbs(torch.autograd.Function):
+    """log softmax(logits)[token], computed a few rows at a time in fp32.
+
+    The plain `log_softmax(logits.float()).gather(...)` materialises an fp32 copy of the whole
+    [B, T, V] logits, its log-softmax (kept for backward) and their gradients: with a 49k vocabulary
+    several blocks of hundreds of MB per micro-batch. Here only the per-row log-normaliser is kept,
+    and backward rebuilds each chunk's softmax to write d/dlogits = grad * (onehot - softmax) straight
+    into a gradient of the logits' own dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
+        log_norm = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
+        for row in range(logits.size(0)):
+            for start in range(0, logits.size(1), LOG_PROB_CHUNK_ROWS):
+                chunk = logits[row, start : start + LOG_PROB_CHUNK_ROWS].float()
+                norm = torch.logsumexp(chunk, dim=-1)
+                log_norm[row, start : start + len(norm)] = norm
+                picked = chunk.gather(-1, tokens[row, start : start + len(norm)].unsqueeze(-1)).squeeze(-1)
+                out[row, start : start + len(norm)] = picked - norm
+        ctx.save_for_backward(logits, tokens, log_norm)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, tokens, log_norm = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for row in range(logits.size(0)):
+            for start in range(0, logits.size(1), LOG_PROB_CHUNK_ROWS):
+                end = min(start + LOG_PROB_CHUNK_ROWS, logits.size(1))
+                upstream = grad_out[row, start:end].float().unsqueeze(-1)
+                chunk_grad = torch.exp(logits[row, start:end].float() - log_norm[row, start:end].unsqueeze(-1)).mul_(-upstream)
+                chunk_grad.scatter_add_(-1, tokens[row, start:end].unsqueeze(-1), upstream)
+                grad[row, start:end] = chunk_grad
+        return grad, None
+
+
 def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(tokens[t] | ...) for logits already aligned with `tokens` ([B, T, V], [B, T])."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    """log p(tokens[t] | ...) in fp32, for logits already aligned with `tokens` ([B, T, V], [B, T])."""
+    return _TokenLogProbs.apply(logits, tokens)
 
 
 @torch.no_grad()

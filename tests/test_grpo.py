@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from learner import grpo
 from learner.grpo import (
     GRPOConfig,
     behaviour_weights,
@@ -129,6 +130,25 @@ def test_token_log_probs_and_entropy():
     batch = torch.randn(3, 5, 11)
     logp = torch.log_softmax(batch, dim=-1)
     assert torch.allclose(entropy_from_logits(batch), -(logp.exp() * logp).sum(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_token_log_probs_match_log_softmax_in_value_and_gradient(dtype, monkeypatch):
+    # Chunks that do not divide the sequence, on a non-contiguous view (the caller drops the last position).
+    monkeypatch.setattr(grpo, "LOG_PROB_CHUNK_ROWS", 4)
+    torch.manual_seed(0)
+    base = torch.randn(3, 11, 50) * 4
+    tokens = torch.randint(0, 50, (3, 10))
+    upstream = torch.randn(3, 10)
+    ours, plain = base.to(dtype).requires_grad_(), base.to(dtype).requires_grad_()
+    chunked = token_log_probs(ours[:, :-1], tokens)
+    reference = torch.log_softmax(plain[:, :-1].float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    (chunked * upstream).sum().backward()
+    (reference * upstream).sum().backward()
+    assert chunked.dtype == torch.float32 and ours.grad.dtype == dtype
+    assert torch.allclose(chunked, reference, atol=1e-5)
+    assert torch.allclose(ours.grad.float(), plain.grad.float(), atol=1e-5 if dtype == torch.float32 else 2e-2)
+    assert torch.count_nonzero(ours.grad[:, -1]) == 0
 
 
 def test_sft_loss_ignores_prompt_tokens():
