@@ -60,11 +60,11 @@ class _TokenLogProbs(torch.autograd.Function):
         log_norm = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
         for row in range(logits.size(0)):
             for start in range(0, logits.size(1), LOG_PROB_CHUNK_ROWS):
-                chunk = logits[row, start : start + LOG_PROB_CHUNK_ROWS].float()
-                norm = torch.logsumexp(chunk, dim=-1)
-                log_norm[row, start : start + len(norm)] = norm
-                picked = chunk.gather(-1, tokens[row, start : start + len(norm)].unsqueeze(-1)).squeeze(-1)
-                out[row, start : start + len(norm)] = picked - norm
+                end = min(start + LOG_PROB_CHUNK_ROWS, logits.size(1))
+                chunk = logits[row, start:end].float()
+                log_norm[row, start:end] = torch.logsumexp(chunk, dim=-1)
+                picked = chunk.gather(-1, tokens[row, start:end].unsqueeze(-1)).squeeze(-1)
+                out[row, start:end] = picked - log_norm[row, start:end]
         ctx.save_for_backward(logits, tokens, log_norm)
         return out
 
