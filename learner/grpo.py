@@ -44,6 +44,13 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool 
 LOG_PROB_CHUNK_ROWS = 64
 
 
+def _chunks(logits: torch.Tensor):
+    """(row, start, end) spans of at most LOG_PROB_CHUNK_ROWS positions, sequence by sequence."""
+    for row in range(logits.size(0)):
+        for start in range(0, logits.size(1), LOG_PROB_CHUNK_ROWS):
+            yield row, start, min(start + LOG_PROB_CHUNK_ROWS, logits.size(1))
+
+
 class _TokenLogProbs(torch.autograd.Function):
     """log softmax(logits)[token], computed a few rows at a time in fp32.
 
@@ -58,13 +65,11 @@ class _TokenLogProbs(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         out = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
         log_norm = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
-        for row in range(logits.size(0)):
-            for start in range(0, logits.size(1), LOG_PROB_CHUNK_ROWS):
-                end = min(start + LOG_PROB_CHUNK_ROWS, logits.size(1))
-                chunk = logits[row, start:end].float()
-                log_norm[row, start:end] = torch.logsumexp(chunk, dim=-1)
-                picked = chunk.gather(-1, tokens[row, start:end].unsqueeze(-1)).squeeze(-1)
-                out[row, start:end] = picked - log_norm[row, start:end]
+        for row, start, end in _chunks(logits):
+            chunk = logits[row, start:end].float()
+            log_norm[row, start:end] = torch.logsumexp(chunk, dim=-1)
+            picked = chunk.gather(-1, tokens[row, start:end].unsqueeze(-1)).squeeze(-1)
+            out[row, start:end] = picked - log_norm[row, start:end]
         ctx.save_for_backward(logits, tokens, log_norm)
         return out
 
@@ -72,13 +77,11 @@ class _TokenLogProbs(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         logits, tokens, log_norm = ctx.saved_tensors
         grad = torch.empty_like(logits)
-        for row in range(logits.size(0)):
-            for start in range(0, logits.size(1), LOG_PROB_CHUNK_ROWS):
-                end = min(start + LOG_PROB_CHUNK_ROWS, logits.size(1))
-                upstream = grad_out[row, start:end].float().unsqueeze(-1)
-                chunk_grad = torch.exp(logits[row, start:end].float() - log_norm[row, start:end].unsqueeze(-1)).mul_(-upstream)
-                chunk_grad.scatter_add_(-1, tokens[row, start:end].unsqueeze(-1), upstream)
-                grad[row, start:end] = chunk_grad
+        for row, start, end in _chunks(logits):
+            upstream = grad_out[row, start:end].float().unsqueeze(-1)
+            chunk_grad = torch.exp(logits[row, start:end].float() - log_norm[row, start:end].unsqueeze(-1)).mul_(-upstream)
+            chunk_grad.scatter_add_(-1, tokens[row, start:end].unsqueeze(-1), upstream)
+            grad[row, start:end] = chunk_grad
         return grad, None
 
 
