@@ -38,7 +38,7 @@ from curriculum.evaluation import evaluate, mine_failures
 from curriculum.faults import NonFiniteStreak
 from curriculum.prompter import Prompter
 from curriculum.run_dir import RunDir, RunState
-from curriculum.stages import STAGE_NAMES, batch_indices, sampling_seed, step_rng
+from curriculum.stages import STAGE_NAMES, batch_indices, problem_length, sampling_seed, step_rng
 from curriculum.tasks import build_completion_task, build_reconstruction_task, build_rewrite_task, mask_ratio_at
 from learner.group import LearnerGroup
 from learner.schedule import sft_learning_rate
@@ -53,6 +53,7 @@ class Controller:
         from transformers import AutoTokenizer
 
         self.cfg, self.run, self.train, self.evaluation = cfg, run, train, evaluation
+        self.train_lengths = [problem_length(p) for p in train]
         self.stop_after_stage = stop_after_stage
         self.state = RunDir.read_state(resume_from) if resume_from else RunState()
         start_path = str(resume_from) if resume_from else model_path
@@ -127,12 +128,12 @@ class Controller:
         self.state = dataclasses.replace(self.state, stage=stage + 1, stage_step=0)
         self._checkpoint(f"stage{stage}-{name}", stage_end=True)
 
-    def _problems(self, pool: list[Problem], stage: int, step: int, size: int) -> list[Problem]:
-        return [pool[i] for i in batch_indices(len(pool), size, step, self.cfg.run.seed, stage)]
+    def _problems(self, pool: list[Problem], stage: int, step: int, size: int, lengths=None, length_groups: int = 1) -> list[Problem]:
+        return [pool[i] for i in batch_indices(len(pool), size, step, self.cfg.run.seed, stage, lengths, length_groups)]
 
     def _sft_step(self, stage: int, step: int, budget: int) -> dict[str, float]:
         rng = step_rng(self.cfg.run.seed, stage, step)
-        problems = self._problems(self.train, stage, step, self.cfg.stages.sft_batch_size)
+        problems = self._problems(self.train, stage, step, self.cfg.stages.sft_batch_size, self.train_lengths, self.cfg.stages.sft_length_groups)
         tasks = [build_reconstruction_task(p, rng, self.cfg.tasks) for p in problems]
         learner = self.cfg.learner
         lr = sft_learning_rate(step, budget, learner.sft_lr, learner.sft_warmup_steps, learner.sft_decay_fraction)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from curriculum.data import Problem
 from launch.config import option
 
 
@@ -16,6 +17,7 @@ from launch.config import option
 class StagesConfig:
     sft_steps: int = option(20, "Stage 1: optimizer steps of masked shuffled reconstruction (SFT).")
     sft_batch_size: int = option(16, "Stage 1: problems per step.")
+    sft_length_groups: int = option(1, "Stage 1: draw this many batches' problems at once, sort them by length and cut them into batches again (like transformers' group_by_length), so that little of each micro-batch is padding; every problem is still drawn once per epoch. 1 = plain shuffled batches.")
     grpo_steps: int = option(20, "Stage 2: GRPO steps on masked completion (the mask schedule spans them).")
     prompts_per_step: int = option(8, "Stages 2-3: prompts per GRPO step (each sampled group_size times).")
     mining_samples: int = option(4, "Failure mining: k samples per training problem; all k wrong = persistent failure.")
@@ -29,12 +31,13 @@ class StagesConfig:
 STAGE_NAMES = {1: "sft", 2: "grpo", 3: "rewrite"}
 
 
-def batch_indices(num_items: int, batch_size: int, step: int, seed: int, stage: int) -> list[int]:
-    """Indices of the problems of `step`: epoch after epoch, each epoch a fresh seeded shuffle."""
+def _stream(num_items: int, start: int, stop: int, seed: int, stage: int) -> list[int]:
+    """Positions [start, stop) of the stage's endless problem stream: epoch after epoch, each
+    epoch a fresh seeded shuffle."""
     if num_items <= 0:
         raise ValueError("cannot draw a batch from no problems")
     indices, cache = [], {}
-    for position in range(step * batch_size, (step + 1) * batch_size):
+    for position in range(start, stop):
         epoch, offset = divmod(position, num_items)
         if epoch not in cache:
             order = list(range(num_items))
@@ -42,6 +45,34 @@ def batch_indices(num_items: int, batch_size: int, step: int, seed: int, stage: 
             cache[epoch] = order
         indices.append(cache[epoch][offset])
     return indices
+
+
+def batch_indices(
+    num_items: int, batch_size: int, step: int, seed: int, stage: int,
+    lengths: list[float] | None = None, length_groups: int = 1,
+) -> list[int]:
+    """Indices of the problems of `step`: the next `batch_size` of the stream.
+
+    With `lengths` and `length_groups` = k > 1 (stage 1's `sft_length_groups`), the stream is read
+    k batches at a time: those k * batch_size problems are sorted by length and cut into k batches,
+    served in a seeded order. Every problem is still drawn once per epoch, but a batch holds
+    problems of similar length, so its micro-batches carry little padding.
+    """
+    if lengths is None or length_groups <= 1:
+        return _stream(num_items, step * batch_size, (step + 1) * batch_size, seed, stage)
+    window, slot = divmod(step, length_groups)
+    size = batch_size * length_groups
+    members = sorted(_stream(num_items, window * size, (window + 1) * size, seed, stage), key=lambda i: lengths[i])
+    order = list(range(length_groups))
+    random.Random(f"{seed}:{stage}:window{window}").shuffle(order)
+    return members[order[slot] * batch_size : (order[slot] + 1) * batch_size]
+
+
+def problem_length(problem: Problem) -> int:
+    """Characters of the question and the solution: what `sft_length_groups` sorts by. A proxy for
+    the stage-1 sequence's length (whose prompt shows a random part of the steps) that needs no
+    tokenizer pass over the training set."""
+    return len(problem.question) + sum(map(len, problem.steps))
 
 
 def step_rng(seed: int, stage: int, step: int) -> random.Random:

@@ -49,6 +49,7 @@ class JobConfig:
             "rollout.num_workers": self.rollout.num_workers, "learner.micro_batch_size": self.learner.micro_batch_size,
             "stages.sft_batch_size": self.stages.sft_batch_size, "stages.prompts_per_step": self.stages.prompts_per_step,
             "grpo.policy_epochs": self.grpo.policy_epochs, "stages.mining_samples": self.stages.mining_samples,
+            "stages.sft_length_groups": self.stages.sft_length_groups,
         }
         for key, value in positive.items():
             if value < 1:
