@@ -1,0 +1,107 @@
+"""Stage-1 batches grouped by length (`stages.sft_length_groups`) against plain shuffled batches.
+
+    python -m launch.bench_padding [--config launch/configs/smollm2-gsm8k.yaml] [--groups 16] [--learner-steps 16]
+
+Builds the first `--groups` stage-1 steps of the config both ways, as a run builds them (same seed,
+tasks, tokenizer and micro-batches). Over such a window both ways draw the same problems, so the
+same real tokens; what differs is how many padded positions the learner computes as well. With
+`--learner-steps N` it then runs a real learner rank (DeepSpeed ZeRO, gloo, no Ray) on the first N
+steps of each kind, alternating plain and grouped so that the box's drift hits both alike, and
+prints seconds and real tokens per second. Prints figures, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import socket
+
+from launch.config import load_config
+
+
+def stage1_batches(cfg, prompter, train, steps: int, length_groups: int):
+    """The sequences of stage-1 steps 0..steps-1, as the controller builds them."""
+    from curriculum.stages import batch_indices, problem_length, step_rng
+    from curriculum.tasks import build_reconstruction_task
+    from learner.batching import Sequence
+
+    lengths = [problem_length(p) for p in train]
+    batches = []
+    for step in range(steps):
+        rng = step_rng(cfg.run.seed, 1, step)
+        chosen = batch_indices(len(train), cfg.stages.sft_batch_size, step, cfg.run.seed, 1, lengths, length_groups)
+        tasks = [build_reconstruction_task(train[i], rng, cfg.tasks) for i in chosen]
+        batches.append([Sequence(prompter.prompt_ids(t), prompter.target_ids(t)) for t in tasks])
+    return batches
+
+
+def token_counts(batches, micro_batch_size: int, pad_id: int) -> tuple[int, int]:
+    """(real tokens, computed positions) over the batches' left-padded micro-batches."""
+    from learner.batching import micro_batches
+
+    real = computed = 0
+    for sequences in batches:
+        for batch in micro_batches(sequences, micro_batch_size, pad_id):
+            real += int(batch.attention_mask.sum())
+            computed += batch.input_ids.numel()
+    return real, computed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="launch/configs/smollm2-gsm8k.yaml")
+    parser.add_argument("--groups", type=int, default=16, help="sft_length_groups to compare with plain batches; also the steps built")
+    parser.add_argument("--learner-steps", type=int, default=0, help="steps of each kind to train on (0 = padding figures only)")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    from curriculum.data import load_problems
+    from curriculum.prompter import Prompter
+    from launch.job_config import JobConfig
+    from learner.models import resolve_model
+
+    cfg = load_config(JobConfig, args.config)
+    model_path = resolve_model(cfg.model.path)
+    prompter = Prompter(AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
+    train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train).problems
+    kinds = {"plain": 1, f"grouped x{args.groups}": args.groups}
+    batches = {kind: stage1_batches(cfg, prompter, train, args.groups, k) for kind, k in kinds.items()}
+    print(f"stage-1 steps 0..{args.groups - 1} of {args.config}: {cfg.stages.sft_batch_size} problems a step, micro-batches of {cfg.learner.micro_batch_size}")
+    for kind, steps in batches.items():
+        real, computed = token_counts(steps, cfg.learner.micro_batch_size, prompter.pad_id)
+        print(f"  {kind:<12} real tokens {real}, computed positions {computed}: padding {computed / real - 1:.1%} of the real tokens")
+    if args.learner_steps:
+        seconds = train_alternately(cfg, model_path, prompter.pad_id, batches, args.learner_steps)
+        tokens = {kind: sum(len(s.prompt) + len(s.completion) for seq in steps[: args.learner_steps] for s in seq) for kind, steps in batches.items()}
+        for kind in batches:
+            print(f"  {kind:<12} {args.learner_steps} learner steps: {seconds[kind]:.1f} s, {tokens[kind] / seconds[kind]:.1f} real tokens/s")
+        plain, grouped = (tokens[k] / seconds[k] for k in batches)
+        print(f"  ratio grouped / plain, real tokens/s: {grouped / plain:.3f}")
+    return 0
+
+
+def train_alternately(cfg, model_path: str, pad_id: int, batches: dict, steps: int) -> dict[str, float]:
+    """Learner seconds per kind over its first `steps` steps, one step of each kind in turn."""
+    from learner.worker import LearnerWorker
+
+    learner_cfg = dataclasses.replace(cfg.learner, num_learners=1)
+    worker = LearnerWorker(0, 1, model_path, learner_cfg, cfg.grpo)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    worker.setup("127.0.0.1", port, pad_id)
+    seconds = dict.fromkeys(batches, 0.0)
+    try:
+        worker.sft_step(batches["plain"][0], 1.0, 0.0)  # warm-up, not counted
+        for step in range(steps):
+            for kind, kind_batches in batches.items():
+                sequences = kind_batches[step]
+                seconds[kind] += worker.sft_step(sequences, float(sum(len(s.completion) for s in sequences)), cfg.learner.sft_lr)["seconds"]
+    finally:
+        worker.shutdown()
+    return seconds
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
