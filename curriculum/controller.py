@@ -128,7 +128,7 @@ class Controller:
         self.state = dataclasses.replace(self.state, stage=stage + 1, stage_step=0)
         self._checkpoint(f"stage{stage}-{name}", stage_end=True)
 
-    def _problems(self, pool: list[Problem], stage: int, step: int, size: int, lengths=None, length_groups: int = 1) -> list[Problem]:
+    def _problems(self, pool: list[Problem], stage: int, step: int, size: int, lengths: list[int] | None = None, length_groups: int = 1) -> list[Problem]:
         return [pool[i] for i in batch_indices(len(pool), size, step, self.cfg.run.seed, stage, lengths, length_groups)]
 
     def _sft_step(self, stage: int, step: int, budget: int) -> dict[str, float]:

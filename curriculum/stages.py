@@ -49,7 +49,7 @@ def _stream(num_items: int, start: int, stop: int, seed: int, stage: int) -> lis
 
 def batch_indices(
     num_items: int, batch_size: int, step: int, seed: int, stage: int,
-    lengths: list[float] | None = None, length_groups: int = 1,
+    lengths: list[int] | None = None, length_groups: int = 1,
 ) -> list[int]:
     """Indices of the problems of `step`: the next `batch_size` of the stream.
 
