@@ -38,8 +38,8 @@ from curriculum.evaluation import evaluate, mine_failures
 from curriculum.faults import NonFiniteStreak
 from curriculum.prompter import Prompter
 from curriculum.run_dir import RunDir, RunState
-from curriculum.stages import STAGE_NAMES, batch_indices, problem_length, sampling_seed, step_rng
-from curriculum.tasks import build_completion_task, build_reconstruction_task, build_rewrite_task, mask_ratio_at
+from curriculum.stages import STAGE_NAMES, batch_indices, problem_length, sampling_seed, sft_tasks, step_rng
+from curriculum.tasks import build_completion_task, build_rewrite_task, mask_ratio_at
 from learner.group import LearnerGroup
 from learner.schedule import sft_learning_rate
 from rollout.group import RolloutGroup
@@ -128,13 +128,11 @@ class Controller:
         self.state = dataclasses.replace(self.state, stage=stage + 1, stage_step=0)
         self._checkpoint(f"stage{stage}-{name}", stage_end=True)
 
-    def _problems(self, pool: list[Problem], stage: int, step: int, size: int, lengths: list[int] | None = None, length_groups: int = 1) -> list[Problem]:
-        return [pool[i] for i in batch_indices(len(pool), size, step, self.cfg.run.seed, stage, lengths, length_groups)]
+    def _problems(self, pool: list[Problem], stage: int, step: int, size: int) -> list[Problem]:
+        return [pool[i] for i in batch_indices(len(pool), size, step, self.cfg.run.seed, stage)]
 
     def _sft_step(self, stage: int, step: int, budget: int) -> dict[str, float]:
-        rng = step_rng(self.cfg.run.seed, stage, step)
-        problems = self._problems(self.train, stage, step, self.cfg.stages.sft_batch_size, self.train_lengths, self.cfg.stages.sft_length_groups)
-        tasks = [build_reconstruction_task(p, rng, self.cfg.tasks) for p in problems]
+        tasks = sft_tasks(self.cfg, self.train, self.train_lengths, step)
         learner = self.cfg.learner
         lr = sft_learning_rate(step, budget, learner.sft_lr, learner.sft_warmup_steps, learner.sft_decay_fraction)
         return steps.sft_step(tasks, self.prompter, self.learners, lr)

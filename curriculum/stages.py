@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 
 from curriculum.data import Problem
+from curriculum.tasks import Task, build_reconstruction_task
 from launch.config import option
 
 
@@ -73,6 +74,14 @@ def problem_length(problem: Problem) -> int:
     the stage-1 sequence's length (whose prompt shows a random part of the steps) that needs no
     tokenizer pass over the training set."""
     return len(problem.question) + sum(map(len, problem.steps))
+
+
+def sft_tasks(cfg, train: list[Problem], lengths: list[int], step: int) -> list[Task]:
+    """The tasks of stage-1 step `step` of a run configured by `cfg` (a JobConfig): its problems
+    and their masks, from (seed, step) alone."""
+    rng = step_rng(cfg.run.seed, 1, step)
+    chosen = batch_indices(len(train), cfg.stages.sft_batch_size, step, cfg.run.seed, 1, lengths, cfg.stages.sft_length_groups)
+    return [build_reconstruction_task(train[i], rng, cfg.tasks) for i in chosen]
 
 
 def step_rng(seed: int, stage: int, step: int) -> random.Random:

@@ -19,20 +19,13 @@ import socket
 from launch.config import load_config
 
 
-def stage1_batches(cfg, prompter, train, steps: int, length_groups: int):
+def stage1_batches(cfg, prompter, train, steps: int) -> list[list]:
     """The sequences of stage-1 steps 0..steps-1, as the controller builds them."""
-    from curriculum.stages import batch_indices, problem_length, step_rng
-    from curriculum.tasks import build_reconstruction_task
+    from curriculum.stages import problem_length, sft_tasks
     from learner.batching import Sequence
 
     lengths = [problem_length(p) for p in train]
-    batches = []
-    for step in range(steps):
-        rng = step_rng(cfg.run.seed, 1, step)
-        chosen = batch_indices(len(train), cfg.stages.sft_batch_size, step, cfg.run.seed, 1, lengths, length_groups)
-        tasks = [build_reconstruction_task(train[i], rng, cfg.tasks) for i in chosen]
-        batches.append([Sequence(prompter.prompt_ids(t), prompter.target_ids(t)) for t in tasks])
-    return batches
+    return [[Sequence(prompter.prompt_ids(t), prompter.target_ids(t)) for t in sft_tasks(cfg, train, lengths, step)] for step in range(steps)]
 
 
 def token_counts(batches, micro_batch_size: int, pad_id: int) -> tuple[int, int]:
@@ -66,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     prompter = Prompter(AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
     train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train).problems
     kinds = {"plain": 1, f"grouped x{args.groups}": args.groups}
-    batches = {kind: stage1_batches(cfg, prompter, train, args.groups, k) for kind, k in kinds.items()}
+    batches = {kind: stage1_batches(dataclasses.replace(cfg, stages=dataclasses.replace(cfg.stages, sft_length_groups=k)), prompter, train, args.groups) for kind, k in kinds.items()}
     print(f"stage-1 steps 0..{args.groups - 1} of {args.config}: {cfg.stages.sft_batch_size} problems a step, micro-batches of {cfg.learner.micro_batch_size}")
     for kind, steps in batches.items():
         real, computed = token_counts(steps, cfg.learner.micro_batch_size, prompter.pad_id)
