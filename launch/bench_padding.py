@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     prompter = Prompter(AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
     train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train).problems
     kinds = {"plain": 1, f"grouped x{args.groups}": args.groups}
-    batches = {kind: stage1_batches(dataclasses.replace(cfg, stages=dataclasses.replace(cfg.stages, sft_length_groups=k)), prompter, train, args.groups) for kind, k in kinds.items()}
+    configs = {kind: dataclasses.replace(cfg, stages=dataclasses.replace(cfg.stages, sft_length_groups=k)) for kind, k in kinds.items()}
+    batches = {kind: stage1_batches(configs[kind], prompter, train, args.groups) for kind in kinds}
     print(f"stage-1 steps 0..{args.groups - 1} of {args.config}: {cfg.stages.sft_batch_size} problems a step, micro-batches of {cfg.learner.micro_batch_size}")
     for kind, steps in batches.items():
         real, computed = token_counts(steps, cfg.learner.micro_batch_size, prompter.pad_id)
