@@ -22,7 +22,7 @@ from curriculum.report import table, write_report
 from curriculum.run_dir import RunDir
 from launch.config import ConfigError, describe, load_config
 from launch.job_config import JobConfig
-from learner.models import ModelError, resolve_model
+from learner.models import ModelError, check_frozen_layers, resolve_model
 
 DEFAULT_CONFIG = "launch/configs/smollm2-gsm8k.yaml"
 
@@ -72,6 +72,7 @@ def prepare(args: argparse.Namespace):
         if report.skipped:
             print(f"data.{name}: skipped {report.skipped} malformed rows, e.g. {report.skipped_examples[0]}")
     model_path = resolve_model(cfg.model.path)
+    check_frozen_layers(model_path, cfg.learner.frozen_layers)
     train_problems, evaluation_problems = fit_prompts(cfg, model_path, train.problems, evaluation.problems)
     return cfg, run, checkpoint, model_path, train_problems, evaluation_problems
 

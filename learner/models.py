@@ -83,6 +83,36 @@ def check_loadable(folder: str, spec: str) -> str:
     return folder
 
 
+def freeze_bottom_layers(model, count: int) -> None:
+    """Leave the input embedding and the bottom `count` decoder layers out of training.
+
+    The embedding's output is detached, so backward ends at layer `count` instead of running down
+    through every frozen layer to reach it; an output head tied to the embedding still trains,
+    through the output side only.
+    """
+    if count <= 0:
+        return
+    layers = model.get_decoder().layers
+    if count >= len(layers):
+        raise ValueError(f"learner.frozen_layers={count} leaves nothing to train: the model has {len(layers)} decoder layers")
+    for layer in layers[:count]:
+        layer.requires_grad_(False)
+    embedding = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    if head is None or embedding.weight is not head.weight:
+        embedding.requires_grad_(False)
+    embedding.register_forward_hook(lambda _module, _inputs, output: output.detach())
+
+
+def check_frozen_layers(folder: str, count: int) -> None:
+    """Refuse, before any actor starts, to freeze as many layers as the model has or more."""
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(folder).num_hidden_layers
+    if count < 0 or count >= layers:
+        raise ModelError(f"learner.frozen_layers={count} must be between 0 and {layers - 1}: the model at {folder} has {layers} decoder layers")
+
+
 def resolve_model(spec: str, progress: bool = True) -> str:
     """A local folder that transformers and vLLM can both load, for the model named by `spec`."""
     return check_loadable(_locate(spec, progress), spec)

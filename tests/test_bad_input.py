@@ -46,6 +46,7 @@ GOOD_ROW = json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = <<2+3=5>
         ("grpo.group_size=four", "grpo.group_size"),  # mistyped value
         ("learner.zero_stage=0", "learner.zero_stage"),  # not an allowed value
         ("learner.sft_decay_fraction=1.5", "learner.sft_decay_fraction"),  # out of range
+        ("learner.frozen_layers=2", "learner.frozen_layers=2 must be between 0 and 1"),  # the tiny model has 2 layers
     ],
 )
 def test_bad_config(capsys, out, tiny_model_dir, override, message):

@@ -110,3 +110,25 @@ def test_zero3_with_kl_reference_exports_saves_and_reloads(ray_session, tiny_mod
     saved = model.state_dict()
     for name, tensor in weights.items():
         assert torch.equal(saved[name], tensor), name
+
+
+def test_frozen_layers_train_only_the_top(ray_session, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    placement = place(1, 0, CLUSTER)
+    cfg = LearnerConfig(precision="fp32", sft_lr=1e-3, grpo_lr=1e-3, frozen_layers=1)
+    group = LearnerGroup(placement, "frozen", tiny_model_dir, cfg, GRPOConfig(), CLUSTER, pad_id=0)
+    try:
+        sft = [Sequence([5, 6, 7, 8], [9, 10, 11]) for _ in range(4)]
+        first, second = group.sft_step(sft), group.sft_step(sft)
+        group.grpo_step([Sequence([5, 6, 7], [9, 10], advantage=(-1.0) ** i) for i in range(4)])
+        weights = dict(unpack(ray.get(group.export_weights()[0])))
+    finally:
+        group.shutdown()
+        placement.remove()
+    assert second["loss"] < first["loss"]
+    moved = {name for name, tensor in weights.items() if not torch.equal(tensor, start[name])}
+    assert moved and all(name.startswith("model.layers.1.") or name in ("model.embed_tokens.weight", "model.norm.weight") for name in moved)
+    assert "model.embed_tokens.weight" in moved  # the tied head trains, through the output side
+    assert not any(name.startswith("model.layers.0.") for name in moved)
