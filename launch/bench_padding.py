@@ -75,16 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_alternately(cfg, model_path: str, pad_id: int, batches: dict, steps: int) -> dict[str, float]:
-    """Learner seconds per kind over its first `steps` steps, one step of each kind in turn."""
+def start_learner(learner_cfg, grpo_cfg, model_path: str, pad_id: int):
+    """One real learner rank (DeepSpeed ZeRO over gloo) in this process, without Ray."""
     from learner.worker import LearnerWorker
 
-    learner_cfg = dataclasses.replace(cfg.learner, num_learners=1)
-    worker = LearnerWorker(0, 1, model_path, learner_cfg, cfg.grpo)
+    worker = LearnerWorker(0, 1, model_path, dataclasses.replace(learner_cfg, num_learners=1), grpo_cfg)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     worker.setup("127.0.0.1", port, pad_id)
+    return worker
+
+
+def train_alternately(cfg, model_path: str, pad_id: int, batches: dict, steps: int) -> dict[str, float]:
+    """Learner seconds per kind over its first `steps` steps, one step of each kind in turn."""
+    worker = start_learner(cfg.learner, cfg.grpo, model_path, pad_id)
     seconds = dict.fromkeys(batches, 0.0)
     try:
         worker.sft_step(batches["plain"][0], 1.0, 0.0)  # warm-up, not counted
