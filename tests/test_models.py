@@ -22,10 +22,13 @@ def _gradients(model) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_frozen_layers_get_no_gradient_and_the_rest_an_exact_one(tied):
+@pytest.mark.parametrize("tied, checkpointing", [(True, False), (False, False), (True, True)])
+def test_frozen_layers_get_no_gradient_and_the_rest_an_exact_one(tied, checkpointing):
     full = _llama(tied)
     frozen = _llama(tied)
+    if checkpointing:  # recomputed layers above a frozen one must still get their gradient
+        frozen.gradient_checkpointing_enable()
+        frozen.train()
     freeze_bottom_layers(frozen, 2)
     got = _gradients(frozen)
     expected = _gradients(full)
