@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from launch.bench_padding import stage1_batches, start_learner
-from launch.config import load_config
+from launch.bench_padding import stage1_batches, stage1_inputs, start_learner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,18 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12, help="stage-1 steps each learner trains on")
     args = parser.parse_args(argv)
 
-    from transformers import AutoTokenizer
+    from learner.models import check_frozen_layers
 
-    from curriculum.data import load_problems
-    from curriculum.prompter import Prompter
-    from launch.job_config import JobConfig
-    from learner.models import check_frozen_layers, resolve_model
-
-    cfg = load_config(JobConfig, args.config)
-    model_path = resolve_model(cfg.model.path)
+    cfg, model_path, prompter, train = stage1_inputs(args.config)
     check_frozen_layers(model_path, args.frozen)
-    prompter = Prompter(AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
-    train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train).problems
     batches = stage1_batches(cfg, prompter, train, args.steps + 1)
     kinds = {"all layers": 0, f"{args.frozen} frozen": args.frozen}
     workers = {kind: start_learner(dataclasses.replace(cfg.learner, frozen_layers=n), cfg.grpo, model_path, prompter.pad_id) for kind, n in kinds.items()}

@@ -19,6 +19,22 @@ import socket
 from launch.config import load_config
 
 
+def stage1_inputs(config: str):
+    """(config, model folder, prompter, training problems) of a job config, as a run prepares them."""
+    from transformers import AutoTokenizer
+
+    from curriculum.data import load_problems
+    from curriculum.prompter import Prompter
+    from launch.job_config import JobConfig
+    from learner.models import resolve_model
+
+    cfg = load_config(JobConfig, config)
+    model_path = resolve_model(cfg.model.path)
+    prompter = Prompter(AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
+    train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train).problems
+    return cfg, model_path, prompter, train
+
+
 def stage1_batches(cfg, prompter, train, steps: int) -> list[list]:
     """The sequences of stage-1 steps 0..steps-1, as the controller builds them."""
     from curriculum.stages import problem_length, sft_tasks
@@ -47,17 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learner-steps", type=int, default=0, help="steps of each kind to train on (0 = padding figures only)")
     args = parser.parse_args(argv)
 
-    from transformers import AutoTokenizer
-
-    from curriculum.data import load_problems
-    from curriculum.prompter import Prompter
-    from launch.job_config import JobConfig
-    from learner.models import resolve_model
-
-    cfg = load_config(JobConfig, args.config)
-    model_path = resolve_model(cfg.model.path)
-    prompter = Prompter(AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
-    train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train).problems
+    cfg, model_path, prompter, train = stage1_inputs(args.config)
     kinds = {"plain": 1, f"grouped x{args.groups}": args.groups}
     configs = {kind: dataclasses.replace(cfg, stages=dataclasses.replace(cfg.stages, sft_length_groups=k)) for kind, k in kinds.items()}
     batches = {kind: stage1_batches(configs[kind], prompter, train, args.groups) for kind in kinds}
