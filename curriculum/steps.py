@@ -61,6 +61,7 @@ def sft_step(tasks: list[Task], prompter: Prompter, learners, lr: float) -> dict
         "loss": stats["loss"], "lr": lr, "grad_norm": stats["grad_norm"], "skipped_update": stats["skipped"],
         "prompts_skipped": skipped, "batch_digest": batch_digest(prompts),
         "learner_s": stats["seconds"], "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
+        "learner_resident_gib": stats["resident_gib"],
     }
 
 
@@ -185,6 +186,7 @@ def grpo_update(
         "sync_s": sync_s, "sync_bytes": sync_bytes, "weight_version": new_version,
         "rollout_tokens_per_s": sum(lengths) / max(1e-9, batch.generate_s),
         "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
+        "learner_resident_gib": stats["resident_gib"],
     }
     # Its wait was spent (and logged) in this step, not the next.
     return metrics, dataclasses.replace(following, waited_s=0.0) if following else None

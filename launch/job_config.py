@@ -56,8 +56,9 @@ class JobConfig:
                 raise ConfigError(f"config key '{key}' must be at least 1, got {value}")
         if not 0.0 <= self.learner.sft_decay_fraction <= 1.0:
             raise ConfigError(f"config key 'learner.sft_decay_fraction' must be within [0, 1], got {self.learner.sft_decay_fraction}")
-        if self.learner.sft_warmup_steps < 0:
-            raise ConfigError(f"config key 'learner.sft_warmup_steps' must be at least 0, got {self.learner.sft_warmup_steps}")
+        for key in ("sft_warmup_steps", "trim_heap_every"):
+            if getattr(self.learner, key) < 0:
+                raise ConfigError(f"config key 'learner.{key}' must be at least 0, got {getattr(self.learner, key)}")
         if self.stages.sft_batch_size < self.learner.num_learners:
             raise ConfigError("config key 'stages.sft_batch_size' must be at least learner.num_learners (every learner needs a share)")
         if self.grpo.group_size * self.stages.prompts_per_step < self.learner.num_learners:

@@ -15,12 +15,14 @@ from learner.worker import LearnerWorker
 
 def combine(stats: list[dict[str, float]]) -> dict[str, float]:
     """Per-rank statistics -> one record: losses add up (each rank holds its share of the global
-    mean), token counts add up, time is the slowest rank's, rates are token-weighted."""
+    mean), token counts add up, time and resident memory are the largest rank's, rates are
+    token-weighted."""
     weights = [s.get("completion_tokens", 1.0) for s in stats]
     total_weight = sum(weights) or 1.0
     out = {"loss": sum(s["loss"] for s in stats), "grad_norm": stats[0]["grad_norm"], "skipped": stats[0]["skipped"]}
     out["tokens"] = sum(s["tokens"] for s in stats)
     out["seconds"] = max(s["seconds"] for s in stats)
+    out["resident_gib"] = max(s["resident_gib"] for s in stats)
     for key in ("clip_fraction", "approx_kl_old", "kl", "entropy", "behaviour_weight"):
         if key in stats[0]:
             out[key] = sum(s[key] * w for s, w in zip(stats, weights)) / total_weight

@@ -20,6 +20,7 @@ from cluster.packed_weights import PackedWeights, pack
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
+from learner.heap import resident_gib, trim_heap
 from learner.models import freeze_bottom_layers
 
 
@@ -43,6 +44,7 @@ class LearnerWorker:
         self.reference = None
         self.sender = None  # NCCL weight sender, rank 0 only
         self.pad_id = 0
+        self.updates = 0  # optimizer steps taken, applied or skipped (paces the heap trims)
 
     def address(self) -> tuple[str, int]:
         return free_address()
@@ -116,6 +118,9 @@ class LearnerWorker:
             self.engine.backward(loss, scale_wrt_gas=False)
             total += loss.item()
         self.engine.step()
+        self.updates += 1
+        if self.cfg.trim_heap_every and self.updates % self.cfg.trim_heap_every == 0:
+            trim_heap()  # the step's activations and logits are freed by now
         applied = self.engine.was_step_applied()
         norm = self.engine.get_global_grad_norm()
         norm = float(norm) if norm is not None else float("nan")
@@ -141,7 +146,10 @@ class LearnerWorker:
 
         loss, norm, applied = self._optimizer_step(batches, loss_of)
         tokens = sum(len(s.prompt) + len(s.completion) for s in sequences)
-        return {"loss": loss, "grad_norm": norm, "skipped": float(not applied), "tokens": tokens, "seconds": time.perf_counter() - start}
+        return {
+            "loss": loss, "grad_norm": norm, "skipped": float(not applied), "tokens": tokens,
+            "seconds": time.perf_counter() - start, "resident_gib": resident_gib(),
+        }
 
     def grpo_step(self, sequences: list[Sequence], normalizer: float) -> dict[str, float]:
         """Stages 2-3: recompute old (and reference) log-probs, then `policy_epochs` updates.
@@ -195,7 +203,7 @@ class LearnerWorker:
             completion_tokens=weight,
             loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms), skipped=float(skipped),
             tokens=sum(len(s.prompt) + len(s.completion) for s in sequences) * self.grpo.policy_epochs,
-            seconds=time.perf_counter() - start,
+            seconds=time.perf_counter() - start, resident_gib=resident_gib(),
         )
         return result
 
