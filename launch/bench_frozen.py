@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from launch.bench_padding import stage1_batches, stage1_inputs, start_learner
+from launch.bench_padding import sft_step, stage1_batches, stage1_inputs, start_learner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind, worker in workers.items():
             worker.sft_step(batches[0], 1.0, 0.0)  # warm-up at lr 0, not counted
         for sequences in batches[1:]:
-            normalizer = float(sum(len(s.completion) for s in sequences))
             for kind, worker in workers.items():
-                record = worker.sft_step(sequences, normalizer, cfg.learner.sft_lr)
+                record = sft_step(worker, sequences, cfg.learner.sft_lr)
                 seconds[kind] += record["seconds"]
                 losses[kind].append(record["loss"])
     finally:

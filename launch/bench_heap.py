@@ -17,28 +17,29 @@ import json
 import subprocess
 import sys
 
-from launch.bench_padding import stage1_batches, stage1_inputs, start_learner
+from launch.bench_padding import sft_step, stage1_batches, stage1_inputs, start_learner
 
 
-def run_one(config: str, steps: int, every: int) -> list[dict]:
-    """In this process: `steps` stage-1 steps on a fresh learner trimming every `every` steps."""
+def run_one(config: str, steps: int, every: int) -> None:
+    """In this process: `steps` stage-1 steps on a fresh learner trimming every `every` steps,
+    one JSON line per step on stdout."""
     cfg, model_path, prompter, train = stage1_inputs(config)
     learner_cfg = dataclasses.replace(cfg.learner, trim_heap_every=every)
     worker = start_learner(learner_cfg, cfg.grpo, model_path, prompter.pad_id)
-    records = []
     try:
         for sequences in stage1_batches(cfg, prompter, train, steps):
-            stats = worker.sft_step(sequences, float(sum(len(s.completion) for s in sequences)), cfg.learner.sft_lr)
-            records.append({"seconds": stats["seconds"], "tokens": stats["tokens"], "resident_gib": stats["resident_gib"]})
-            print(json.dumps(records[-1]), flush=True)
+            stats = sft_step(worker, sequences, cfg.learner.sft_lr)
+            print(json.dumps({key: stats[key] for key in ("seconds", "tokens", "resident_gib")}), flush=True)
     finally:
         worker.shutdown()
-    return records
 
 
 def summary(every: int, records: list[dict]) -> str:
     half = len(records) // 2
-    rate = lambda part: sum(r["tokens"] for r in part) / sum(r["seconds"] for r in part)
+
+    def rate(part: list[dict]) -> float:
+        return sum(r["tokens"] for r in part) / sum(r["seconds"] for r in part)
+
     return (
         f"  trim every {every or 'never':<5} steps 1-{half}: {rate(records[:half]):6.1f} real tokens/s, "
         f"steps {half + 1}-{len(records)}: {rate(records[half:]):6.1f}; "

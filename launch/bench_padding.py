@@ -93,6 +93,11 @@ def start_learner(learner_cfg, grpo_cfg, model_path: str, pad_id: int):
     return worker
 
 
+def sft_step(worker, sequences, lr: float) -> dict[str, float]:
+    """One stage-1 step of a bench learner (a lone rank), its loss averaged over the batch's targets."""
+    return worker.sft_step(sequences, float(sum(len(s.completion) for s in sequences)), lr)
+
+
 def train_alternately(cfg, model_path: str, pad_id: int, batches: dict, steps: int) -> dict[str, float]:
     """Learner seconds per kind over its first `steps` steps, one step of each kind in turn."""
     worker = start_learner(cfg.learner, cfg.grpo, model_path, pad_id)
@@ -101,8 +106,7 @@ def train_alternately(cfg, model_path: str, pad_id: int, batches: dict, steps: i
         worker.sft_step(batches["plain"][0], 1.0, 0.0)  # warm-up, not counted
         for step in range(steps):
             for kind, kind_batches in batches.items():
-                sequences = kind_batches[step]
-                seconds[kind] += worker.sft_step(sequences, float(sum(len(s.completion) for s in sequences)), cfg.learner.sft_lr)["seconds"]
+                seconds[kind] += sft_step(worker, kind_batches[step], cfg.learner.sft_lr)["seconds"]
     finally:
         worker.shutdown()
     return seconds

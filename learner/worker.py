@@ -44,7 +44,6 @@ class LearnerWorker:
         self.reference = None
         self.sender = None  # NCCL weight sender, rank 0 only
         self.pad_id = 0
-        self.updates = 0  # optimizer steps taken, applied or skipped (paces the heap trims)
 
     def address(self) -> tuple[str, int]:
         return free_address()
@@ -118,8 +117,8 @@ class LearnerWorker:
             self.engine.backward(loss, scale_wrt_gas=False)
             total += loss.item()
         self.engine.step()
-        self.updates += 1
-        if self.cfg.trim_heap_every and self.updates % self.cfg.trim_heap_every == 0:
+        # global_steps counts every step, applied or skipped, and survives a resume.
+        if self.cfg.trim_heap_every and self.engine.global_steps % self.cfg.trim_heap_every == 0:
             trim_heap()  # the step's activations and logits are freed by now
         applied = self.engine.was_step_applied()
         norm = self.engine.get_global_grad_norm()
