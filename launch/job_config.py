@@ -49,16 +49,15 @@ class JobConfig:
             "rollout.num_workers": self.rollout.num_workers, "learner.micro_batch_size": self.learner.micro_batch_size,
             "stages.sft_batch_size": self.stages.sft_batch_size, "stages.prompts_per_step": self.stages.prompts_per_step,
             "grpo.policy_epochs": self.grpo.policy_epochs, "stages.mining_samples": self.stages.mining_samples,
-            "stages.sft_length_groups": self.stages.sft_length_groups,
+            "stages.sft_length_groups": self.stages.sft_length_groups, "learner.pad_to_multiple": self.learner.pad_to_multiple,
         }
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"config key '{key}' must be at least 1, got {value}")
         if not 0.0 <= self.learner.sft_decay_fraction <= 1.0:
             raise ConfigError(f"config key 'learner.sft_decay_fraction' must be within [0, 1], got {self.learner.sft_decay_fraction}")
-        for key in ("sft_warmup_steps", "trim_heap_every"):
-            if getattr(self.learner, key) < 0:
-                raise ConfigError(f"config key 'learner.{key}' must be at least 0, got {getattr(self.learner, key)}")
+        if self.learner.sft_warmup_steps < 0:
+            raise ConfigError(f"config key 'learner.sft_warmup_steps' must be at least 0, got {self.learner.sft_warmup_steps}")
         if self.stages.sft_batch_size < self.learner.num_learners:
             raise ConfigError("config key 'stages.sft_batch_size' must be at least learner.num_learners (every learner needs a share)")
         if self.grpo.group_size * self.stages.prompts_per_step < self.learner.num_learners:

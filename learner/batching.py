@@ -47,9 +47,16 @@ class MicroBatch:
         }
 
 
-def collate(sequences: list[Sequence], index: list[int], pad_id: int) -> MicroBatch:
-    length = max(len(s.prompt) + len(s.completion) for s in sequences)
-    keep = max(len(s.completion) for s in sequences)
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def collate(sequences: list[Sequence], index: list[int], pad_id: int, multiple: int = 1) -> MicroBatch:
+    """`multiple` > 1 rounds the length and the logits rows up to multiples of it (more padding,
+    masked out), so that micro-batch shapes repeat from step to step."""
+    length = round_up(max(len(s.prompt) + len(s.completion) for s in sequences), multiple)
+    # Logits rows are predicted by the positions before them: at most length - 1 of them.
+    keep = min(round_up(max(len(s.completion) for s in sequences), multiple), length - 1)
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(sequences), length), dtype=torch.long)
     loss_mask = torch.zeros((len(sequences), keep), dtype=torch.float32)
@@ -78,11 +85,12 @@ def _behaviour(sequences: list[Sequence], keep: int) -> torch.Tensor | None:
     return out
 
 
-def micro_batches(sequences: list[Sequence], size: int, pad_id: int) -> list[MicroBatch]:
-    """Split into micro-batches of at most `size`, grouping similar lengths to cut padding."""
+def micro_batches(sequences: list[Sequence], size: int, pad_id: int, multiple: int = 1) -> list[MicroBatch]:
+    """Split into micro-batches of at most `size`, grouping similar lengths to cut padding; lengths
+    rounded up to a `multiple` (see `collate`)."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].prompt) + len(sequences[i].completion))
     chunks = [order[i : i + size] for i in range(0, len(order), size)]
-    return [collate([sequences[i] for i in chunk], chunk, pad_id) for chunk in chunks]
+    return [collate([sequences[i] for i in chunk], chunk, pad_id, multiple) for chunk in chunks]
 
 
 def with_signal(sequences: list[Sequence], multiple: int) -> list[Sequence]:

@@ -20,8 +20,17 @@ from cluster.packed_weights import PackedWeights, pack
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
-from learner.heap import resident_gib, trim_heap
 from learner.models import freeze_bottom_layers
+
+
+def resident_gib() -> float:
+    """This process's resident set size now, in GiB (Linux; 0.0 elsewhere), reported with each step."""
+    try:
+        with open(f"/proc/{os.getpid()}/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except OSError:
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def free_address() -> tuple[str, int]:
@@ -117,9 +126,6 @@ class LearnerWorker:
             self.engine.backward(loss, scale_wrt_gas=False)
             total += loss.item()
         self.engine.step()
-        # global_steps counts every step, applied or skipped, and survives a resume.
-        if self.cfg.trim_heap_every and self.engine.global_steps % self.cfg.trim_heap_every == 0:
-            trim_heap()  # the step's activations and logits are freed by now
         applied = self.engine.was_step_applied()
         norm = self.engine.get_global_grad_norm()
         norm = float(norm) if norm is not None else float("nan")
@@ -135,7 +141,7 @@ class LearnerWorker:
         start = time.perf_counter()
         self.engine.train()
         self._set_lr(lr)
-        batches = micro_batches(sequences, self.cfg.micro_batch_size, self.pad_id)
+        batches = micro_batches(sequences, self.cfg.micro_batch_size, self.pad_id, self.cfg.pad_to_multiple)
         scale = self.world_size / max(1.0, normalizer)
 
         def loss_of(_, batch):
@@ -158,7 +164,7 @@ class LearnerWorker:
         """
         start = time.perf_counter()
         self._set_lr(self.cfg.grpo_lr)
-        batches = micro_batches(sequences, self.cfg.micro_batch_size, self.pad_id)
+        batches = micro_batches(sequences, self.cfg.micro_batch_size, self.pad_id, self.cfg.pad_to_multiple)
         # With one policy epoch the update starts from the weights that are about to be used:
         # the old log-probs equal the current ones (ratio 1), so their extra forward is skipped.
         self.engine.eval()

@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from learner.batching import Sequence, collate, micro_batches, shard, with_signal
@@ -14,6 +16,31 @@ def test_left_padding_layout():
     assert batch.keep == 3
     assert batch.targets.tolist() == [[3, 4, 5], [7, 8, 9]]
     assert batch.loss_mask.tolist() == [[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+
+
+def test_rounded_shapes_pad_more_and_mask_it():
+    batch = collate([Sequence([1, 2, 3], [4, 5]), Sequence([6], [7, 8, 9])], [0, 1], pad_id=0, multiple=4)
+    assert batch.input_ids.tolist() == [[0, 0, 0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 6, 7, 8, 9]]
+    assert batch.position_ids.tolist() == [[0, 0, 0, 0, 1, 2, 3, 4], [0, 0, 0, 0, 0, 1, 2, 3]]
+    assert batch.keep == 4  # 3 completion tokens, rounded up to 4 logits rows
+    assert batch.targets.tolist() == [[2, 3, 4, 5], [6, 7, 8, 9]]
+    assert batch.loss_mask.tolist() == [[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]]
+    # Only positions with one before them can be predicted: at most length - 1 logits rows.
+    assert collate([Sequence([1], [2, 3, 4])], [0], pad_id=0, multiple=4).keep == 3
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 20), st.integers(1, 12)), min_size=1, max_size=9),
+    st.integers(1, 3),
+    st.integers(1, 16),
+)
+def test_any_multiple_keeps_every_target_token_once(shapes, size, multiple):
+    sequences = [Sequence(list(range(1, p + 1)), list(range(100, 100 + c))) for p, c in shapes]
+    for batch in micro_batches(sequences, size, pad_id=0, multiple=multiple):
+        length = batch.input_ids.size(1)
+        assert length % multiple == 0 and (batch.keep % multiple == 0 or batch.keep == length - 1)
+        for row, i in enumerate(batch.index):
+            assert batch.targets[row][batch.loss_mask[row].bool()].tolist() == sequences[i].completion
 
 
 def test_behaviour_log_probs_are_laid_out_like_the_loss_mask():
@@ -34,12 +61,13 @@ def test_micro_batches_cover_everything_once():
     assert sum(b.loss_mask.sum().item() for b in batches) == sum(len(s.completion) for s in sequences)
 
 
-def test_kept_logits_match_a_full_unpadded_forward():
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_kept_logits_match_a_full_unpadded_forward(multiple):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
     model = LlamaForCausalLM(config).eval()
     sequences = [Sequence([5, 6, 7, 8], [9, 10]), Sequence([11], [12, 13, 14])]
-    batch = collate(sequences, [0, 1], pad_id=0)
+    batch = collate(sequences, [0, 1], pad_id=0, multiple=multiple)
     with torch.no_grad():
         logits = model(**batch.model_inputs(torch.device("cpu"))).logits[:, :-1]
         batched = token_log_probs(logits, batch.targets)

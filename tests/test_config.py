@@ -39,7 +39,7 @@ def test_shipped_configs_load():
         ("grpo.loss_aggregation=median", "config key 'grpo.loss_aggregation' must be one of"),
         ("grpo=3", "config section 'grpo' must be a mapping"),
         ("rewards.stage2=nope", "stage2 reward 'nope' is not registered"),
-        ("learner.trim_heap_every=-1", "config key 'learner.trim_heap_every' must be at least 0"),
+        ("learner.pad_to_multiple=0", "config key 'learner.pad_to_multiple' must be at least 1"),
         ("learner.sft_warmup_steps=-2", "config key 'learner.sft_warmup_steps' must be at least 0"),
     ],
 )
