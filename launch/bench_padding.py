@@ -44,13 +44,14 @@ def stage1_batches(cfg, prompter, train, steps: int) -> list[list]:
     return [[Sequence(prompter.prompt_ids(t), prompter.target_ids(t)) for t in sft_tasks(cfg, train, lengths, step)] for step in range(steps)]
 
 
-def token_counts(batches, micro_batch_size: int, pad_id: int) -> tuple[int, int]:
-    """(real tokens, computed positions) over the batches' left-padded micro-batches."""
+def token_counts(batches, micro_batch_size: int, pad_id: int, multiple: int = 1) -> tuple[int, int]:
+    """(real tokens, computed positions) over the batches' left-padded micro-batches, their lengths
+    rounded up to `multiple` (`learner.pad_to_multiple`)."""
     from learner.batching import micro_batches
 
     real = computed = 0
     for sequences in batches:
-        for batch in micro_batches(sequences, micro_batch_size, pad_id):
+        for batch in micro_batches(sequences, micro_batch_size, pad_id, multiple):
             real += int(batch.attention_mask.sum())
             computed += batch.input_ids.numel()
     return real, computed

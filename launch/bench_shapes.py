@@ -19,14 +19,12 @@ import resource
 import subprocess
 import sys
 
-from launch.bench_padding import sft_step, stage1_batches, stage1_inputs, start_learner
+from launch.bench_padding import sft_step, stage1_batches, stage1_inputs, start_learner, token_counts
 
 
 def run_one(config: str, steps: int, multiple: int) -> None:
     """In this process: `steps` stage-1 steps on a fresh learner, shapes rounded up to `multiple`,
     one JSON line per step on stdout."""
-    from learner.batching import micro_batches
-
     cfg, model_path, prompter, train = stage1_inputs(config)
     learner_cfg = dataclasses.replace(cfg.learner, pad_to_multiple=multiple)
     worker = start_learner(learner_cfg, cfg.grpo, model_path, prompter.pad_id)
@@ -35,7 +33,7 @@ def run_one(config: str, steps: int, multiple: int) -> None:
             before = resource.getrusage(resource.RUSAGE_SELF)
             stats = sft_step(worker, sequences, cfg.learner.sft_lr)
             after = resource.getrusage(resource.RUSAGE_SELF)
-            computed = sum(b.input_ids.numel() for b in micro_batches(sequences, cfg.learner.micro_batch_size, prompter.pad_id, multiple))
+            _, computed = token_counts([sequences], cfg.learner.micro_batch_size, prompter.pad_id, multiple)
             record = {key: stats[key] for key in ("seconds", "tokens", "resident_gib")}
             record.update(computed=computed, page_faults=after.ru_minflt - before.ru_minflt, kernel_s=after.ru_stime - before.ru_stime)
             print(json.dumps(record), flush=True)
