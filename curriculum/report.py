@@ -65,8 +65,9 @@ def plot(run_dir: Path, evaluations: dict[str, dict], out: Path) -> None:
         axes[1, 1].plot([r["step"] for r in grpo], [r["completion_tokens"] for r in grpo], label="completion tokens", color="tab:orange")
         twin = axes[1, 1].twinx()
         twin.plot([r["step"] for r in grpo], [r["accuracy"] for r in grpo], label="rollout accuracy", color="tab:green")
-        twin.set_ylabel("accuracy")
-        axes[1, 1].set_ylabel("tokens")
+        # Each axis label takes its line's colour: two lines on two scales, and no legend to cover them.
+        twin.set_ylabel("rollout accuracy", color="tab:green")
+        axes[1, 1].set_ylabel("completion tokens", color="tab:orange")
     axes[1, 0].set_title("training curves")
     axes[1, 0].legend(loc="best", fontsize=8)
     axes[1, 1].set_title("GRPO: length and accuracy of rollouts")
