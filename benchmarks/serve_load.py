@@ -1,6 +1,6 @@
 """A small bounded load against a running server: C concurrent clients, R streamed chat requests.
 
-    python -m launch.serve_load --url http://127.0.0.1:8000/v1 --clients 8 --requests 64 --max-tokens 128
+    python -m benchmarks.serve_load --url http://127.0.0.1:8000/v1 --clients 8 --requests 64 --max-tokens 128
 
 Prints time to first token and request latency (p50 / p95), output tokens/s over the whole run and
 per request, and any failed request. The questions are GSM8K test problems, one per request.

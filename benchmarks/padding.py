@@ -1,6 +1,6 @@
 """Stage-1 batches grouped by length (`stages.sft_length_groups`) against plain shuffled batches.
 
-    python -m launch.bench_padding [--config launch/configs/smollm2-gsm8k.yaml] [--groups 16] [--learner-steps 16]
+    python -m benchmarks.padding [--config launch/configs/smollm2-gsm8k.yaml] [--groups 16] [--learner-steps 16]
 
 Builds the first `--groups` stage-1 steps of the config both ways, as a run builds them (same seed,
 tasks, tokenizer and micro-batches). Over such a window both ways draw the same problems, so the
@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import socket
 
-from launch.config import load_config
+from cluster.typed_config import load_config
 
 
 def stage1_inputs(config: str):

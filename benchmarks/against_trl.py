@@ -1,6 +1,6 @@
 """Our GRPO step against TRL's GRPOTrainer on exactly the same work, in one run on this machine.
 
-    python -m launch.bench_trl [--prompts 16] [--group 4] [--max-tokens 256] [--steps 4] [--lr 1e-6] [--ours default,full-batch,overlap]
+    python -m benchmarks.against_trl [--prompts 16] [--group 4] [--max-tokens 256] [--steps 4] [--lr 1e-6] [--ours default,full-batch,overlap]
 
 Same model (SmolLM2-135M-Instruct by default), same GSM8K training questions (the question alone),
 G samples each, <= max-tokens new tokens, temperature 1, beta 0 (no reference model), one policy
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from launch.memory import MemoryProbe
+from benchmarks.memory import MemoryProbe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,8 @@ def run_trl(python: Path, model: str, problems: list, args) -> tuple[list[float]
         }
         (Path(tmp) / "plan.json").write_text(json.dumps(plan))
         env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
-        runner = subprocess.Popen([str(python), str(ROOT / "launch" / "trl_runner.py"), f"{tmp}/plan.json", f"{tmp}/result.json"], env=env)
+        # Run from the root as a module, so that the project's answer checker imports from TRL's environment.
+        runner = subprocess.Popen([str(python), "-m", "benchmarks.trl_runner", f"{tmp}/plan.json", f"{tmp}/result.json"], env=env, cwd=ROOT)
         with MemoryProbe().watch(runner.pid) as probe:
             if runner.wait():
                 raise subprocess.CalledProcessError(runner.returncode, runner.args)

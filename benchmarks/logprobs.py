@@ -1,6 +1,6 @@
 """Token log-probs over a large vocabulary: ours (a few rows at a time) vs one-shot log_softmax.
 
-    python -m launch.bench_logprobs [--batch 8] [--tokens 150] [--vocab 49152] [--threads 2]
+    python -m benchmarks.logprobs [--batch 8] [--tokens 150] [--vocab 49152] [--threads 2]
 
 On bf16 logits shaped like one stage-1 micro-batch of SmolLM2 (the positions that predict
 completion tokens): forward + backward seconds (median of 5) and how far each form raises the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from launch.memory import peak_rss_gib
+from benchmarks.memory import peak_rss_gib
 from learner.grpo import token_log_probs
 
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bf16 logits [{args.batch}, {args.tokens}, {args.vocab}], fp32 log-probs, forward + backward, {args.threads} threads")
     rows = {}
     for form in FORMS:
-        command = [sys.executable, "-m", "launch.bench_logprobs", "--form", form, *(f"--{k}={v}" for k, v in zip(("batch", "tokens", "vocab", "threads"), shape))]
+        command = [sys.executable, "-m", "benchmarks.logprobs", "--form", form, *(f"--{k}={v}" for k, v in zip(("batch", "tokens", "vocab", "threads"), shape))]
         rows[form] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         r = rows[form]
         print(f"  {form:<9} forward {r['forward']:.3f} s  backward {r['backward']:.3f} s  total {r['forward'] + r['backward']:.3f} s  peak memory above the inputs {r['extra_gib']:.2f} GiB")

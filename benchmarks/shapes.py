@@ -1,6 +1,6 @@
 """Stage-1 learner steps with micro-batch shapes as they come or rounded up (`learner.pad_to_multiple`).
 
-    python -m launch.bench_shapes [--config launch/configs/smollm2-gsm8k.yaml] [--steps 16] [--pad 1,64,1]
+    python -m benchmarks.shapes [--config launch/configs/smollm2-gsm8k.yaml] [--steps 16] [--pad 1,64,1]
 
 Each entry of `--pad` runs the config's first `--steps` stage-1 batches on a fresh real learner rank
 (DeepSpeed ZeRO over gloo, no Ray) in its own process, so that no setting inherits another's heap;
@@ -19,7 +19,7 @@ import resource
 import subprocess
 import sys
 
-from launch.bench_padding import sft_step, stage1_batches, stage1_inputs, start_learner, token_counts
+from benchmarks.padding import sft_step, stage1_batches, stage1_inputs, start_learner, token_counts
 
 
 def run_one(config: str, steps: int, multiple: int) -> None:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for multiple in (int(x) for x in args.pad.split(",")):
         print(f"pad to a multiple of {multiple}:", flush=True)
         child = subprocess.run(
-            [sys.executable, "-m", "launch.bench_shapes", "--config", args.config, "--steps", str(args.steps), "--one", str(multiple)],
+            [sys.executable, "-m", "benchmarks.shapes", "--config", args.config, "--steps", str(args.steps), "--one", str(multiple)],
             stdout=subprocess.PIPE, text=True, check=True,
         )
         records = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]

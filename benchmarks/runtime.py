@@ -1,6 +1,6 @@
 """Benchmarks of the runtime on this machine; prints figures, asserts nothing.
 
-    python -m launch.benchmark [--model embedded:smollm2-135m-instruct] [--prompts 16] [--group 4] [--max-tokens 128] [--scaling]
+    python -m benchmarks.runtime [--model embedded:smollm2-135m-instruct] [--prompts 16] [--group 4] [--max-tokens 128] [--scaling]
 
 1. rollout tokens/s: the same vLLM engine in this process vs behind the Ray rollout actor (ratio)
 2. weight sync: seconds and bytes of a learner -> rollout broadcast (median of 3)
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import ray
 
-from launch.memory import MemoryProbe, peak_rss_gib
+from benchmarks.memory import MemoryProbe, peak_rss_gib
 
 
 def _tokens(groups) -> int:

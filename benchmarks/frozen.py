@@ -1,6 +1,6 @@
 """Stage-1 steps with the bottom layers frozen (`learner.frozen_layers`) against full training.
 
-    python -m launch.bench_frozen [--config launch/configs/smollm2-gsm8k.yaml] [--frozen 15] [--steps 12]
+    python -m benchmarks.frozen [--config launch/configs/smollm2-gsm8k.yaml] [--frozen 15] [--steps 12]
 
 Two real learner ranks (DeepSpeed ZeRO, gloo, no Ray) in this process, one training every layer
 and one with the bottom `--frozen` layers frozen, take the config's first `--steps` stage-1 steps
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from launch.bench_padding import sft_step, stage1_batches, stage1_inputs, start_learner
+from benchmarks.padding import sft_step, stage1_batches, stage1_inputs, start_learner
 
 
 def main(argv: list[str] | None = None) -> int:
