@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from launch.config import option
+from cluster.typed_config import option
 
 EMBEDDED_GSM8K = Path(__file__).resolve().parent / "data" / "gsm8k"
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")

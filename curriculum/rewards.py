@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from curriculum.answers import count_steps, count_words, has_valid_format, is_correct
 from curriculum.step_check import check_chain
-from launch.config import option
+from cluster.typed_config import option
 
 WRONG = -2.0
 BAD_FORMAT = -1.0

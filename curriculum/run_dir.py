@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from launch.config import to_dict
+from cluster.typed_config import to_dict
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from curriculum.data import Problem
 from curriculum.tasks import Task, build_reconstruction_task
-from launch.config import option
+from cluster.typed_config import option
 
 
 @dataclass

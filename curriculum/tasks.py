@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from curriculum.data import Problem
-from launch.config import option
+from cluster.typed_config import option
 
 MASK = "<MASK>"
 SYSTEM_PROMPT = (

@@ -10,7 +10,7 @@ from curriculum.data import DataConfig
 from curriculum.rewards import RewardConfig
 from curriculum.stages import StagesConfig
 from curriculum.tasks import TaskConfig
-from launch.config import ConfigError, option, section
+from cluster.typed_config import ConfigError, option, section
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
 from rollout.config import RolloutConfig

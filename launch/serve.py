@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from launch.config import ConfigError, describe, load_config
+from cluster.typed_config import ConfigError, describe, load_config
 from learner.models import ModelError, resolve_model
 
 

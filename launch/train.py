@@ -20,7 +20,7 @@ from curriculum.prompter import Prompter, PromptTooLong
 from curriculum.data import DataError, load_problems
 from curriculum.report import table, write_report
 from curriculum.run_dir import RunDir
-from launch.config import ConfigError, describe, load_config
+from cluster.typed_config import ConfigError, describe, load_config
 from launch.job_config import JobConfig
 from learner.models import ModelError, check_frozen_layers, resolve_model
 

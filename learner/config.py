@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from launch.config import option
+from cluster.typed_config import option
 
 
 @dataclass
@@ -21,8 +21,8 @@ class LearnerConfig:
     weight_decay: float = option(0.0, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Clip the global gradient norm to this (0 = no clipping).")
     micro_batch_size: int = option(4, "Sequences per forward/backward on one learner; a step accumulates as many micro-batches as its share needs.")
-    frozen_layers: int = option(0, "Train only the decoder layers above the bottom N (and the output head): backward stops at layer N, so a step costs less (SmolLM2 on CPU, 15 of 30 frozen: 1.68x the tokens per second of a stage-1 step; python -m launch.bench_frozen); 0 = train every layer.")
-    pad_to_multiple: int = option(1, "Round every micro-batch's length, and the rows it computes logits for, up to a multiple of this (the extra positions are padding, masked out), so that the same few tensor shapes recur. Ever-new shapes fragment glibc's heap until malloc itself becomes a large share of a step over a long run (README, Performance); 1 = no rounding.")
+    frozen_layers: int = option(0, "Train only the decoder layers above the bottom N (and the output head): backward stops at layer N, so a step costs less (SmolLM2 on CPU, 15 of 30 frozen: 1.68x the tokens per second of a stage-1 step; python -m benchmarks.frozen); 0 = train every layer.")
+    pad_to_multiple: int = option(1, "Round every micro-batch's length, and the rows it computes logits for, up to a multiple of this (the extra positions are padding, masked out), so that the same few tensor shapes recur. Ever-new shapes fragment glibc's heap until malloc itself becomes a large share of a step over a long run (docs/performance.md); 1 = no rounding.")
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory (slower).")
     torch_threads: int = option(1, "CPU threads per learner actor (keep learners and rollout workers from oversubscribing cores).")
     init_timeout_s: float = option(600.0, "Seconds to wait for the learner group's process group to form.")

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from launch.config import option
+from cluster.typed_config import option
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from launch.config import option
+from cluster.typed_config import option
 
 
 @dataclass

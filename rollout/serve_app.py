@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from ray import serve
 
-from launch.config import option, section
+from cluster.typed_config import option, section
 from rollout.config import RolloutConfig
 from rollout.openai_api import ChatRequest, CompletionRequest, OpenAIServer, install_error_handlers
 

@@ -1,8 +1,10 @@
-"""The typed config tree of a job: YAML file + dotted CLI overrides -> nested dataclasses.
+"""Typed config machinery: YAML file + dotted CLI overrides -> nested dataclasses.
 
-Every component owns its section (a dataclass in its own package); this module only assembles
-the root and does the loading. Every field carries a help text (`option(default, "help")`), so
-`python -m launch.train --help-config` prints the whole tree with explanations.
+The lowest layer of the project (standard library and PyYAML only), so that every package can
+declare its own config section next to its code. Each field carries a help text
+(`option(default, "help")`); `describe` prints the tree for `--help-config` and `reference`
+writes it as the Markdown page `docs/configuration.md`. The job's root (`launch/job_config.py`)
+and the serve settings (`rollout/serve_app.py`) are assembled from these sections.
 
 Validation is strict: an unknown key or a value of the wrong type is a `ConfigError` that names
 the dotted key, raised before anything expensive starts.
@@ -177,3 +179,31 @@ def describe(cls: type, indent: int = 0) -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"{pad}{f.name}: {default!r}  # {help_text}")
     return "\n".join(lines)
+
+
+def reference(cls: type, prefix: str = "") -> str:
+    """The config tree as Markdown: per section a table of dotted keys, types, defaults and help."""
+    hints = typing.get_type_hints(cls)
+    rows, nested = [], []
+    for f in dataclasses.fields(cls):
+        # Markdown would read "<name>" in a help text as an HTML tag and drop it.
+        help_text = f.metadata.get("help", "").replace("<", "\\<")
+        if dataclasses.is_dataclass(hints[f.name]):
+            nested.append(f"### `{prefix}{f.name}`\n\n{help_text}\n\n{reference(hints[f.name], f'{prefix}{f.name}.')}")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            cells = (f"`{prefix}{f.name}`", _type_name(hints[f.name]), f"`{default!r}`", help_text)
+            rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    table = "| key | type | default | meaning |\n| --- | --- | --- | --- |\n" + "\n".join(rows) if rows else ""
+    return "\n\n".join(part for part in (table, *nested) if part)
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
