@@ -1,8 +1,15 @@
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
 import pytest
 import yaml
 
-from launch.config import ConfigError, describe, load_config, parse_override, to_dict
+from cluster.typed_config import ConfigError, describe, load_config, option, parse_override, reference, section, to_dict
 from launch.job_config import JobConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_field_has_help():
@@ -75,3 +82,45 @@ def test_placement_refuses_more_than_the_cluster_has():
     check_fits(bundles, {"CPU": 8, "GPU": 2})
     with pytest.raises(PlacementError, match="needs 2 GPUs"):
         check_fits(bundles, {"CPU": 8, "GPU": 1})
+
+
+@dataclass
+class _Inner:
+    mode: Literal["a", "b"] = option("a", "Mode a or b.")
+    sizes: list[int] = option([1, 2], "Sizes | pipes are escaped.")
+
+
+@dataclass
+class _Outer:
+    name: str = option("x", "Folder <output_dir>/<name>.")
+    limit: int | None = option(None, "A limit, or none.")
+    inner: _Inner = section(_Inner, "The inner section.")
+
+
+def test_reference_tables_by_hand():
+    assert reference(_Outer) == (
+        "| key | type | default | meaning |\n| --- | --- | --- | --- |\n"
+        "| `name` | str | `'x'` | Folder \\<output_dir>/\\<name>. |\n"
+        "| `limit` | int or None | `None` | A limit, or none. |\n\n"
+        "### `inner`\n\nThe inner section.\n\n"
+        "| key | type | default | meaning |\n| --- | --- | --- | --- |\n"
+        "| `inner.mode` | 'a' or 'b' | `'a'` | Mode a or b. |\n"
+        "| `inner.sizes` | list[int] | `[1, 2]` | Sizes \\| pipes are escaped. |"
+    )
+
+
+def test_configuration_reference_is_current():
+    from launch.config_reference import PAGE, page
+
+    assert PAGE.read_text() == page(), "docs/configuration.md is stale: run python -m launch.config_reference"
+
+
+def test_no_package_imports_the_layers_above_it():
+    """launch/ (entry points) and benchmarks/ sit on top: no role package may import them."""
+    offenders = []
+    for package in ("cluster", "curriculum", "learner", "rollout"):
+        for path in sorted((ROOT / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.split(".")[0] in ("launch", "benchmarks")]
+    assert not offenders
