@@ -41,42 +41,57 @@ def table(evaluations: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(run_dir: Path, evaluations: dict[str, dict], out: Path) -> None:
-    import matplotlib
+# Stage 2 and stage 3 are different tasks (completing masked steps against rewriting a given
+# solution), so their rollouts are separate series, never one line across the stage change.
+GRPO_STAGES = {"grpo": ("stage 2", "-", "o"), "rewrite": ("stage 3", "--", "s")}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    records = _records(run_dir)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+def figure(records: list[dict], evaluations: dict[str, dict], title: str):
+    """The report's four panels as a matplotlib figure, outside pyplot's global state."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 7))
+    axes = fig.subplots(2, 2)
     labels = list(evaluations)
-    axes[0, 0].bar(labels, [evaluations[k]["eval_accuracy"] for k in labels], color="tab:green")
-    axes[0, 0].set_title("eval accuracy (greedy)")
-    axes[0, 1].bar(labels, [evaluations[k]["eval_mean_tokens"] for k in labels], color="tab:orange")
-    axes[0, 1].set_title("eval mean generated tokens")
-    for ax in axes[0]:
+    for ax, key, scale, colour, heading, unit in (
+        (axes[0, 0], "eval_accuracy", 100, "tab:green", "eval accuracy, % (greedy)", "{:.1f} %"),
+        (axes[0, 1], "eval_mean_tokens", 1, "tab:orange", "eval mean generated tokens", "{:.0f}"),
+    ):
+        values = [scale * evaluations[k][key] for k in labels]
+        bars = ax.bar(labels, values, color=colour)
+        # Each bar says its value and how many problems it rests on: 64 problems are a progress
+        # signal (one answer is 1.6 points), not a measurement.
+        ax.bar_label(bars, labels=[f"{unit.format(v)}\nn={evaluations[k]['eval_n']}" for k, v in zip(labels, values)], fontsize=8)
+        ax.set_title(heading)
+        ax.margins(y=0.25)
         ax.tick_params(axis="x", labelrotation=20)
-    grpo = [r for r in records if r["stage"] in ("grpo", "rewrite")]
     sft = [r for r in records if r["stage"] == "sft"]
     if sft:
         axes[1, 0].plot([r["step"] for r in sft], [r["loss"] for r in sft], label="stage-1 SFT loss", color="tab:blue")
-    if grpo:
-        axes[1, 0].plot([r["step"] for r in grpo], [r["reward_mean"] for r in grpo], label="GRPO reward mean", color="tab:red")
-        axes[1, 1].plot([r["step"] for r in grpo], [r["completion_tokens"] for r in grpo], label="completion tokens", color="tab:orange")
-        twin = axes[1, 1].twinx()
-        twin.plot([r["step"] for r in grpo], [r["accuracy"] for r in grpo], label="rollout accuracy", color="tab:green")
-        # Each axis label takes its line's colour: two lines on two scales, and no legend to cover them.
+    twin = None
+    for stage, (name, style, marker) in GRPO_STAGES.items():
+        rows = [r for r in records if r["stage"] == stage]
+        if not rows:
+            continue
+        x = [r["step"] for r in rows]
+        axes[1, 0].plot(x, [r["reward_mean"] for r in rows], style, marker=marker, label=f"{name} GRPO reward mean", color="tab:red")
+        axes[1, 1].plot(x, [r["completion_tokens"] for r in rows], style, marker=marker, label=f"{name} completion tokens", color="tab:orange")
+        twin = twin or axes[1, 1].twinx()
+        twin.plot(x, [r["accuracy"] for r in rows], style, marker=marker, label=f"{name} rollout accuracy", color="tab:green")
+    if twin is not None:
+        # Each axis label takes its line's colour: two quantities on two scales.
         twin.set_ylabel("rollout accuracy", color="tab:green")
         axes[1, 1].set_ylabel("completion tokens", color="tab:orange")
+        lines = axes[1, 1].get_lines() + twin.get_lines()
+        axes[1, 1].legend(lines, [line.get_label() for line in lines], loc="best", fontsize=7)
     axes[1, 0].set_title("training curves")
     axes[1, 0].legend(loc="best", fontsize=8)
-    axes[1, 1].set_title("GRPO: length and accuracy of rollouts")
+    axes[1, 1].set_title("GRPO rollouts: length and accuracy")
     for ax in axes[1]:
         ax.set_xlabel("step")
-    fig.suptitle(run_dir.name)
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def write_report(run_dir: Path) -> dict:
@@ -84,7 +99,7 @@ def write_report(run_dir: Path) -> dict:
     evaluations = evaluations_of(run_dir)
     report = build_report(run_dir, evaluations)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
-    plot(run_dir, evaluations, run_dir / "report.png")
+    figure(_records(run_dir), evaluations, run_dir.name).savefig(run_dir / "report.png", dpi=110)
     return report
 
 
