@@ -18,8 +18,8 @@ class ClusterConfig:
     gpus_per_rollout: float = option(0.0, "GPUs per rollout worker (its vLLM engine's tensor-parallel size when > 1).")
     colocate: bool = option(False, "Put rollout worker i in the same placement bundle as learner i; with gpus_per_learner = gpus_per_rollout = 0.5 they share one GPU. Else every actor has its own bundle.")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = option("PACK", "Ray placement-group strategy for the bundles.")
-    weight_transport: Literal["auto", "object_store", "nccl"] = option("auto", "Learner -> rollout weight sync: 'object_store' (Ray shared memory, any device), 'nccl' (GPU broadcast from learner rank 0 to every vLLM worker), 'auto' = nccl when the actors have GPUs.")
-    bucket_mb: int = option(256, "NCCL transport: parameters are broadcast in flat buckets of about this many MiB.")
+    weight_transport: Literal["auto", "object_store", "collective"] = option("auto", "Learner -> rollout weight sync: 'object_store' (packed into Ray's object store, which every worker reads), 'collective' (one group of learner rank 0 + every vLLM worker, broadcast in flat buckets: NCCL on GPU, gloo on CPU), 'auto' = collective when the actors have GPUs, else object_store.")
+    bucket_mb: int = option(256, "Collective transport: parameters are broadcast in flat buckets of about this many MiB (one dtype each; under ZeRO-3 each bucket is gathered as it is sent).")
     rollout_max_restarts: int = option(3, "Times Ray restarts a rollout worker that died; the restarted worker gets the current weights and its lost share of the batch is generated again.")
     placement_timeout_s: float = option(120.0, "Seconds to wait for the placement group's resources.")
     call_timeout_s: float = option(1800.0, "Seconds any one remote call (generate, train step, save) may take before the run stops with an error naming it.")
@@ -28,4 +28,4 @@ class ClusterConfig:
     def transport(self) -> str:
         if self.weight_transport != "auto":
             return self.weight_transport
-        return "nccl" if self.gpus_per_learner and self.gpus_per_rollout else "object_store"
+        return "collective" if self.gpus_per_learner and self.gpus_per_rollout else "object_store"

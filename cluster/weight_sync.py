@@ -1,17 +1,17 @@
 """Learner -> rollout weight broadcast, with its version number, timing and size.
 
 Two transports, chosen by `cluster.weight_transport`:
-- object_store (CPU, and any device): learner rank 0 gathers the full parameters (under ZeRO-3
-  every rank joins the gather) and returns them, packed into one buffer, into Ray's object store;
-  every rollout worker reads that one object in place and reloads its vLLM engine. On one box the
-  object store is shared memory, so the weights are written once and read by every worker without
-  a network hop.
-- nccl (GPU): learner rank 0 and every vLLM worker form one stateless NCCL group; parameters go
-  out in flat buckets while the vLLM workers receive them through their worker extension
-  (`rollout/nccl_receiver.py`). Written against vLLM's worker-extension API; not run by the CPU
-  test suite.
-Every sync is bounded by `cluster.sync_timeout_s` and fails with a message naming what it waited for.
-A rollout worker that Ray restarted is brought to the last synced version by `restore`.
+- object_store: learner rank 0 gathers the full parameters (under ZeRO-3 every rank joins the
+  gather) and returns them, packed into one buffer, into Ray's object store; every rollout worker
+  reads that one object in place and reloads its vLLM engine. On one box the object store is
+  shared memory, so the weights are written once and read by every worker without a network hop.
+- collective: learner rank 0 and every vLLM worker form one group for weights only
+  (`cluster/weight_group.py`: gloo on CPU, NCCL on GPU); parameters go out in flat buckets of
+  `cluster.bucket_mb`, gathered bucket by bucket under ZeRO-3, and stream into each vLLM worker's
+  `reload_weights` (`rollout/weight_receiver.py`).
+Every sync is bounded by `cluster.sync_timeout_s` and fails with a message naming what it waited
+for and who had not answered. A rollout worker that Ray restarted is brought to the last synced
+version by `restore` (for the collective transport, in a newly formed group).
 """
 
 from __future__ import annotations
@@ -19,9 +19,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from cluster.remote import wait_all
+import ray
+
+from cluster.remote import ActorDied, RemoteCallError, wait_all
 from learner.group import LearnerGroup
 from rollout.group import RolloutGroup
+
+# Members give up on a missing peer before the driver does, and the host (learner-0, which alone
+# can say who is missing) before the others, so that the error the driver reports names the peer.
+HOST_SHARE_OF_TIMEOUT, MEMBER_SHARE_OF_TIMEOUT = 0.8, 0.9
 
 
 @dataclass(frozen=True)
@@ -32,41 +38,63 @@ class SyncResult:
 
 
 class WeightSync:
-    def __init__(self, learners: LearnerGroup, rollout: RolloutGroup):
+    def __init__(self, learners: LearnerGroup, rollout: RolloutGroup, transport: str | None = None):
+        """`transport` overrides the config's choice (the collective one needs rollout workers
+        started with `cluster.weight_transport=collective`, which gives them the receiver)."""
         self.learners, self.rollout = learners, rollout
         self.cluster = rollout.cluster
-        self.transport = self.cluster.transport()
-        self.buckets = None
+        self.transport = transport or self.cluster.transport()
         self.version: int | None = None  # last version pushed; None = workers run the starting weights
-        if self.transport == "nccl":
-            self._form_nccl_group()
+        self.formed = False  # collective transport: whether the current group is whole
+        if self.transport == "collective":
+            self.buckets = self.learners.weight_buckets(self.cluster.bucket_mb)
+            self._form_group()
         rollout.restore = self.restore
 
-    def _form_nccl_group(self) -> None:
+    def member_names(self) -> list[str]:
+        """Who each rank of the weight group is: learner-0, then every vLLM worker of every engine."""
+        tp = self.rollout.cfg.tensor_parallel_size
+        return ["learner-0", *(name if tp == 1 else f"{name}/tp-{j}" for name in self.rollout.names for j in range(tp))]
+
+    def _form_group(self) -> None:
+        """A new group on a new port; every member leaves the one it was in."""
         host, port = self.learners.address()
         tp = self.rollout.cfg.tensor_parallel_size
-        world_size = 1 + len(self.rollout.workers) * tp
-        timeout = int(self.cluster.sync_timeout_s)
-        refs = [self.learners.actors[0].join_weight_group.remote(host, port, world_size, timeout)]
-        refs += [w.join_weight_group.remote(host, port, 1 + i * tp, world_size, timeout) for i, w in enumerate(self.rollout.workers)]
-        wait_all(
-            refs, self.cluster.sync_timeout_s, f"learner-0 and {len(self.rollout.workers)} rollout worker(s) to form the NCCL weight group",
-            ["learner-0", *self.rollout.names],
-        )
-        self.buckets = self.learners.weight_buckets(self.cluster.bucket_mb)
+        names, timeout = self.member_names(), self.cluster.sync_timeout_s
+        refs = [self.learners.actors[0].join_weight_group.remote(host, port, names, HOST_SHARE_OF_TIMEOUT * timeout)]
+        refs += [
+            w.join_weight_group.remote(host, port, 1 + i * tp, names, MEMBER_SHARE_OF_TIMEOUT * timeout)
+            for i, w in enumerate(self.rollout.workers)
+        ]
+        self.formed = False
+        wait_all(refs, timeout, f"learner-0 and {len(self.rollout.workers)} rollout worker(s) to form the weight group", ["learner-0", *self.rollout.names])
+        self.formed = True
 
     def sync(self, version: int) -> SyncResult:
         start = time.perf_counter()
-        timeout = self.cluster.sync_timeout_s
-        if self.transport == "nccl":
-            receive = [w.receive_weights.remote(self.buckets, version) for w in self.rollout.workers]
-            send = [a.send_weights.remote(self.buckets) for a in self.learners.actors]
-            names = [*self.rollout.names, *(f"learner-{r}" for r in range(len(send)))]
-            received = wait_all(receive + send, timeout, f"the NCCL broadcast of weight version {version}", names)[0]
-        else:
-            received = self._push(version, None)
+        received = self._broadcast(version) if self.transport == "collective" else self._push(version, None)
         self.version = version
         return SyncResult(version, time.perf_counter() - start, received)
+
+    def _broadcast(self, version: int) -> int:
+        """Collective transport: every rollout worker receives while every learner rank sends
+        (rank 0 broadcasts; under ZeRO-3 the others join the gathers)."""
+        if not self.formed:  # a failed broadcast tore the last group down
+            self._form_group()
+        self.formed = False
+        receive = [w.receive_weights.remote(self.buckets, version) for w in self.rollout.workers]
+        send = [a.send_weights.remote(self.buckets) for a in self.learners.actors]
+        what = f"the broadcast of weight version {version}"
+        try:
+            received = wait_all(receive + send, self.cluster.sync_timeout_s, what, [*self.rollout.names, *self.learners.names])[0]
+            self.formed = True
+            return received
+        except RemoteCallError as err:
+            if isinstance(err, ActorDied):
+                raise
+            # The first error may be the sender's ("timed out"): say which receivers stopped.
+            unfinished = [name for name, ref in zip(self.rollout.names, receive) if not ray.wait([ref], timeout=0)[0]]
+            raise RemoteCallError(f"{err}; rollout workers that had not received it: {', '.join(unfinished) or 'none'}") from err
 
     def _push(self, version: int, indices: list[int] | None) -> int:
         """Object-store transport: export once, load on the workers (all, or `indices`)."""
@@ -80,9 +108,9 @@ class WeightSync:
         """A restarted rollout worker runs the starting weights: give it the last synced version."""
         if self.version is None:
             return
-        if self.transport == "nccl":
-            # The restarted worker lost its communicator; the whole weight group is formed again.
-            self._form_nccl_group()
-            self.sync(self.version)
+        if self.transport == "collective":
+            # The restarted worker lost its place in the group: form a new one, then broadcast.
+            self._form_group()
+            self._broadcast(self.version)
         else:
             self._push(self.version, [index])

@@ -51,7 +51,7 @@ class LearnerWorker:
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.engine = None
         self.reference = None
-        self.sender = None  # NCCL weight sender, rank 0 only
+        self.weight_group = None  # rank 0 hosts the weight group (collective transport)
         self.pad_id = 0
 
     def address(self) -> tuple[str, int]:
@@ -236,8 +236,8 @@ class LearnerWorker:
         return self._on_rank0(lambda: dict(self.engine.module.named_parameters()), pack)
 
     def weight_buckets(self, bucket_mb: int):
-        """NCCL transport: how the parameters are packed into broadcast buckets (same on every rank)."""
-        from learner.nccl_sender import plan_buckets
+        """Collective transport: how the parameters are packed into broadcast buckets (same on every rank)."""
+        from cluster.weight_group import plan_buckets
 
         shapes = [
             (name, tuple(getattr(p, "ds_shape", p.shape)), p.dtype)
@@ -245,17 +245,34 @@ class LearnerWorker:
         ]
         return plan_buckets(shapes, bucket_mb << 20)
 
-    def join_weight_group(self, host: str, port: int, world_size: int, timeout_s: int) -> None:
-        """NCCL transport: rank 0 hosts the group it forms with every vLLM worker."""
-        from learner.nccl_sender import NcclWeightSender
+    def join_weight_group(self, host: str, port: int, names: list[str], timeout_s: float) -> None:
+        """Collective transport: rank 0 hosts a newly formed weight group with every vLLM worker
+        (leaving the previous one, if any); the other ranks only join the ZeRO-3 gathers."""
+        from cluster.weight_group import WeightGroup
 
-        self.sender = NcclWeightSender(host, port, world_size, timeout_s) if self.rank == 0 else None
+        if self.weight_group is not None:
+            self.weight_group.close()
+            self.weight_group = None
+        if self.rank == 0:
+            self.weight_group = WeightGroup(host, port, 0, names, timeout_s, self.device)
 
-    def send_weights(self, buckets) -> None:
-        if self.cfg.zero_stage == 3 or self.rank == 0:
-            from learner.nccl_sender import broadcast_buckets
+    def send_weights(self, buckets) -> int:
+        """Broadcast the parameters to the weight group; returns the bytes sent (rank 0). A failed
+        broadcast tears the group down at once, so that the receivers still waiting fail too
+        instead of waiting out their deadline; the next sync forms a new group."""
+        from cluster.weight_group import WeightGroupError
+        from learner.weight_sender import broadcast_buckets
 
-            broadcast_buckets(self.sender, self.engine.module, buckets, self.cfg.zero_stage)
+        if self.cfg.zero_stage != 3 and self.rank != 0:
+            return 0
+        if self.rank == 0 and self.weight_group is None:
+            raise WeightGroupError("learner-0 is in no weight group: a new one must be formed first")
+        try:
+            return broadcast_buckets(self.weight_group, self.engine.module, buckets, self.cfg.zero_stage)
+        except WeightGroupError:
+            self.weight_group.close()
+            self.weight_group = None
+            raise
 
     def save(self, folder: str) -> None:
         """A `save_pretrained` folder (rank 0) plus the DeepSpeed state to resume (every rank)."""

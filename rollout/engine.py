@@ -25,7 +25,7 @@ class Completion:
 
 
 class RolloutEngine:
-    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, nccl_receiver: bool = False):
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool = False):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if not torch.cuda.is_available():
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gb)
@@ -42,8 +42,8 @@ class RolloutEngine:
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enable_prefix_caching=True,  # the G samples of one prompt share its prefill
             tensor_parallel_size=cfg.tensor_parallel_size,
-            # GPU weight transport: every vLLM worker gets the NCCL receiving methods.
-            worker_extension_cls="rollout.nccl_receiver.NcclWeightReceiver" if nccl_receiver else "",
+            # Collective weight transport: every vLLM worker gets the receiving methods.
+            worker_extension_cls="rollout.weight_receiver.WeightReceiver" if weight_receiver else "",
         )
         self.cfg = cfg
         self.version = 0
@@ -77,11 +77,26 @@ class RolloutEngine:
         return weights.nbytes
 
 
-    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, timeout_s: int) -> None:
-        self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size, timeout_s))
+    def weights_digest(self) -> str:
+        """A hash of the engine's parameters as loaded (after the backend's own repacking): equal
+        digests mean equal weights, whichever transport brought them."""
+
+        def digest(worker) -> str:
+            import hashlib
+
+            h = hashlib.sha256()
+            for name, param in sorted(worker.model_runner.model.named_parameters()):
+                h.update(name.encode())
+                h.update(param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            return h.hexdigest()
+
+        return self.llm.collective_rpc(digest)[0]
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, names: list[str], timeout_s: float) -> None:
+        self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, names, timeout_s))
 
     def receive_weights(self, buckets, version: int) -> int:
-        """NCCL transport: take part in learner rank 0's broadcast; returns bytes received."""
+        """Collective transport: take part in learner rank 0's broadcast; returns bytes received."""
         received = self.llm.collective_rpc("receive_weights", args=(buckets,))
         self.llm.reset_prefix_cache()
         self.version = version

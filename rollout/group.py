@@ -50,7 +50,7 @@ class RolloutGroup:
             actor.options(
                 **placement.options("rollout", i, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)}),
                 max_restarts=cluster.rollout_max_restarts,
-            ).remote(i, model_path, cfg, seed, cluster.transport() == "nccl")
+            ).remote(i, model_path, cfg, seed, cluster.transport() == "collective")
             for i in range(cfg.num_workers)
         ]
         self.restarts = 0
@@ -128,6 +128,10 @@ class RolloutGroup:
 
     def versions(self) -> list[int]:
         return wait_all([w.version.remote() for w in self.workers], self.cluster.call_timeout_s, "rollout worker versions", self.names)
+
+    def weights_digests(self) -> list[str]:
+        """Each worker's hash of the weights its engine holds (equal hashes: the same weights)."""
+        return wait_all([w.weights_digest.remote() for w in self.workers], self.cluster.call_timeout_s, "rollout worker weight digests", self.names)
 
     def shutdown(self) -> None:
         for worker in self.workers:

@@ -11,10 +11,10 @@ from rollout.engine import Completion, RolloutEngine
 
 
 class RolloutWorker:
-    def __init__(self, index: int, model_path: str, cfg: RolloutConfig, seed: int, nccl_receiver: bool = False):
+    def __init__(self, index: int, model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool = False):
         self.index = index
         # Distinct seeds so that the workers' groups are not copies of each other.
-        self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index, nccl_receiver=nccl_receiver)
+        self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index, weight_receiver=weight_receiver)
 
     def generate(
         self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int,
@@ -31,11 +31,14 @@ class RolloutWorker:
     def load_weights(self, weights, version: int) -> int:
         return self.engine.load_weights(weights, version)
 
-    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, timeout_s: int) -> None:
-        self.engine.join_weight_group(host, port, rank_offset, world_size, timeout_s)
+    def join_weight_group(self, host: str, port: int, rank_offset: int, names: list[str], timeout_s: float) -> None:
+        self.engine.join_weight_group(host, port, rank_offset, names, timeout_s)
 
     def receive_weights(self, buckets, version: int) -> int:
         return self.engine.receive_weights(buckets, version)
+
+    def weights_digest(self) -> str:
+        return self.engine.weights_digest()
 
     def version(self) -> int:
         return self.engine.version

@@ -88,8 +88,8 @@ def test_shard_is_even():
         raise AssertionError("expected an error")
 
 
-def test_nccl_bucket_plan():
-    from learner.nccl_sender import plan_buckets
+def test_weight_bucket_plan():
+    from cluster.weight_group import plan_buckets
 
     shapes = [("a", (1024,), torch.float32), ("b", (512,), torch.float32), ("c", (256,), torch.bfloat16), ("d", (4096,), torch.bfloat16)]
     buckets = plan_buckets(shapes, bucket_bytes=6 * 1024)

@@ -58,8 +58,9 @@ def test_resume_after_stage1_does_not_repeat_it(tiny_model_dir, tmp_path):
     run_job(*tiny_args(tiny_model_dir, tmp_path), "--stop-after-stage", "1")
     run_dir = tmp_path / "tiny"
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["000002-stage1-sft"]
-    # The rest of the run overlaps each update with the next step's generation (one-step off-policy).
-    stdout = run_job("--resume", str(run_dir), "cluster.address=local", "grpo.overlap_rollout=true")
+    # The rest of the run overlaps each update with the next step's generation (one-step off-policy),
+    # and its weights travel by the collective broadcast (gloo here) instead of the object store.
+    stdout = run_job("--resume", str(run_dir), "cluster.address=local", "grpo.overlap_rollout=true", "cluster.weight_transport=collective")
     assert "resumed from" in stdout and "stage 2, step 0" in stdout
     stages = [r["stage"] for r in records(run_dir)]
     assert stages.count("sft") == 2  # not repeated
@@ -68,6 +69,7 @@ def test_resume_after_stage1_does_not_repeat_it(tiny_model_dir, tmp_path):
     # step 1 samples with the weights it updates; step 2's groups were sampled during step 1's update
     assert [r["policy_lag"] for r in grpo] == [0, 1] and [r["weight_version"] for r in grpo] == [2, 3]
     assert grpo[0]["behaviour_weight"] == 1.0 and 0.0 < grpo[1]["behaviour_weight"] <= 2.0
+    assert all(r["sync_bytes"] > 0 for r in grpo)
     assert len(list((run_dir / "checkpoints").iterdir())) == 3
     report = json.loads((run_dir / "report.json").read_text())
     assert list(report["evaluations"]) == ["before", "after-stage1", "after-stage2", "after-stage3"]

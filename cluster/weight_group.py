@@ -1,0 +1,97 @@
+"""The weight group: learner rank 0 and every vLLM worker, for broadcasting weights and nothing else.
+
+It is formed outside DeepSpeed's and vLLM's own process groups (no `init_process_group`), from a
+TCPStore hosted by learner rank 0 (rank 0 of this group). The communicator is the only part that
+differs by device: torch's gloo process group on CPU, vLLM's `PyNcclCommunicator` on GPU. The
+group formation, the bucket plan, the deadlines and the messages are the same on both.
+
+No Ray here: the learner actor and the vLLM worker extension both build one of these.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+# A bucket: (dtype name, [(parameter name, shape), ...]) in the order the learner packs them.
+BucketMeta = tuple[str, list[tuple[str, tuple[int, ...]]]]
+
+
+class WeightGroupError(RuntimeError):
+    """A member that never joined, or a broadcast that failed or outlived its deadline."""
+
+
+def plan_buckets(named_shapes: list[tuple[str, tuple[int, ...], torch.dtype]], bucket_bytes: int) -> list[BucketMeta]:
+    """Group parameters into buckets of one dtype and at most `bucket_bytes` (one may exceed it alone)."""
+    buckets: list[BucketMeta] = []
+    current: list[tuple[str, tuple[int, ...]]] = []
+    current_dtype, current_bytes = None, 0
+    for name, shape, dtype in named_shapes:
+        size = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+        if current and (dtype != current_dtype or current_bytes + size > bucket_bytes):
+            buckets.append((str(current_dtype).removeprefix("torch."), current))
+            current, current_bytes = [], 0
+        current.append((name, tuple(shape)))
+        current_dtype, current_bytes = dtype, current_bytes + size
+    if current:
+        buckets.append((str(current_dtype).removeprefix("torch."), current))
+    return buckets
+
+
+def bucket_sizes(bucket: BucketMeta) -> list[int]:
+    return [int(torch.Size(shape).numel()) for _, shape in bucket[1]]
+
+
+class WeightGroup:
+    """One member of the weight group; `names[r]` says who rank r is, for the error messages."""
+
+    def __init__(self, host: str, port: int, rank: int, names: list[str], timeout_s: float, device: torch.device):
+        self.rank, self.names, self.device = rank, names, device
+        timeout = timedelta(seconds=timeout_s)
+        world_size = len(names)
+        # Rank 0 hosts the store; the others connect to it, retrying until the deadline.
+        try:
+            self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
+        except (RuntimeError, TimeoutError) as err:
+            raise WeightGroupError(f"{names[rank]} could not reach the weight group's store at {host}:{port}: {err}") from None
+        self._await_members(timeout_s)
+        if device.type == "cuda":
+            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+            from vllm.distributed.utils import StatelessProcessGroup
+
+            self.comm = PyNcclCommunicator(StatelessProcessGroup(rank, world_size, self.store), device=device)
+        else:
+            self.comm = dist.ProcessGroupGloo(dist.PrefixStore("gloo", self.store), rank, world_size, timeout)
+
+    def _await_members(self, timeout_s: float) -> None:
+        """Every member announces itself, then waits for the others: a member that never comes
+        is named here instead of leaving everyone blocked inside the communicator's set-up."""
+        self.store.set(f"joined/{self.rank}", "1")
+        keys = [f"joined/{r}" for r in range(len(self.names))]
+        try:
+            self.store.wait(keys, timedelta(seconds=timeout_s))
+        except (RuntimeError, TimeoutError):
+            # Only the host can still ask its store: the others' connection may be gone with it.
+            missing = [self.names[r] for r, key in enumerate(keys) if self.rank == 0 and not self.store.check([key])]
+            who = ", ".join(missing) or "some member"
+            raise WeightGroupError(f"{who} never joined the weight group within {timeout_s:.0f} s") from None
+
+    def broadcast(self, flat: torch.Tensor) -> None:
+        """Rank 0 sends `flat`; every other member receives into it."""
+        if self.device.type == "cuda":
+            self.comm.broadcast(flat, src=0, stream=torch.cuda.current_stream())
+            return
+        options = dist.BroadcastOptions()
+        options.rootRank = 0
+        try:
+            self.comm.broadcast([flat], options).wait()
+        except RuntimeError as err:  # a peer that died or stopped answering within the deadline
+            raise WeightGroupError(f"{self.names[self.rank]}: the weight broadcast failed: {err}") from None
+
+    def close(self) -> None:
+        """Let the communicator's connections and threads and the store's port go."""
+        if self.device.type != "cuda":
+            self.comm.shutdown()
+        del self.comm, self.store
