@@ -47,6 +47,7 @@ def tiny_model_dir(tmp_path_factory) -> str:
 def ray_session():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # Always a Ray of its own, even while another one (launch/local.sh) runs on this machine.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
