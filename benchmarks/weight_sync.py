@@ -2,17 +2,22 @@
 
     python -m benchmarks.weight_sync [--model embedded:smollm2-135m-instruct] [--workers 1,2] [--buckets 1,8,32,128,512] [--repeats 5]
 
-For each number of rollout workers: one learner (DeepSpeed ZeRO-2, bf16) and that many vLLM-CPU
-rollout workers as Ray actors; then the median seconds of `--repeats` syncs of the object-store
-transport and of the collective transport (gloo here) with each bucket size. The limit is the same
-bytes copied once by numpy (`np.copyto`, a memcpy-class copy), measured in the same run: a sync that
-moved the weights once to every worker could not beat (workers x) that. Prints figures, asserts nothing.
+1. Whole syncs: for each number of rollout workers, one learner (DeepSpeed ZeRO-2, bf16) and that
+   many vLLM-CPU rollout workers as Ray actors; the median seconds of `--repeats` syncs of the
+   object-store transport and of the collective transport (gloo here) with each bucket size, from
+   the learner's gather to the engines' `reload_weights` and prefix-cache reset.
+2. The transport alone: the weight group's broadcast of the same bytes in the same buckets, between
+   this process and that many receiving processes, with no learner and no engine.
+The limit is the same bytes copied once by numpy (`np.copyto`, a memcpy-class copy), measured in the
+same run. Prints figures, asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import socket
 import statistics
 import time
 
@@ -28,6 +33,49 @@ def copy_seconds(nbytes: int, repeats: int) -> float:
         start = time.perf_counter()
         np.copyto(dst, src)
         timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def _receiver(rank: int, names: list[str], port: int, sizes: list[int], repeats: int) -> None:
+    import torch
+
+    from cluster.weight_group import WeightGroup
+
+    torch.set_num_threads(1)
+    group = WeightGroup("127.0.0.1", port, rank, names, 120, torch.device("cpu"))
+    buffers = [torch.empty(n, dtype=torch.uint8) for n in sizes]
+    for _ in range(repeats):
+        for buffer in buffers:
+            group.broadcast(buffer)
+    group.close()
+
+
+def bare_broadcast_seconds(receivers: int, nbytes: int, bucket_mb: int, repeats: int) -> float:
+    """Median seconds of broadcasting `nbytes` in buckets to `receivers` processes (transport only)."""
+    import torch
+
+    from cluster.weight_group import WeightGroup
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    names = ["sender", *(f"receiver-{i}" for i in range(receivers))]
+    sizes = [min(bucket_mb << 20, nbytes - start) for start in range(0, nbytes, bucket_mb << 20)]
+    context = multiprocessing.get_context("spawn")
+    others = [context.Process(target=_receiver, args=(r, names, port, sizes, repeats)) for r in range(1, receivers + 1)]
+    for process in others:
+        process.start()
+    group = WeightGroup("127.0.0.1", port, 0, names, 120, torch.device("cpu"))
+    buffers = [torch.ones(n, dtype=torch.uint8) for n in sizes]
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for buffer in buffers:
+            group.broadcast(buffer)
+        timings.append(time.perf_counter() - start)
+    group.close()
+    for process in others:
+        process.join()
     return statistics.median(timings)
 
 
@@ -53,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     rows, version = [], 0
     for workers in map(int, args.workers.split(",")):
-        cluster = ClusterConfig(cpus_per_learner=1, cpus_per_rollout=1, weight_transport="collective", sync_timeout_s=600)
+        cluster = ClusterConfig(cpus_per_learner=0.5, cpus_per_rollout=0.5, weight_transport="collective", sync_timeout_s=600)
         placement = place(1, workers, cluster)
         threads = max(1, (os.cpu_count() or 1) // (workers + 1))
         learners = LearnerGroup(placement, "bench-sync", model, LearnerConfig(torch_threads=threads), GRPOConfig(), cluster, pad_id=0)
@@ -80,12 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
 
     nbytes = max(r[4] for r in rows)
+    bare = {(workers, mb): bare_broadcast_seconds(workers, nbytes, mb, args.repeats) for _, workers, mb, *_ in rows if mb is not None}
     limit = copy_seconds(nbytes, args.repeats)
     print(f"\nweights: {nbytes / 2**20:.1f} MiB; one memcpy-class copy of them here: {limit:.3f} s ({nbytes / limit / 1e9:.2f} GB/s)\n")
-    print("| transport | rollout workers | bucket MiB | buckets | sync s (median) | fastest | x one copy |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| transport | rollout workers | bucket MiB | buckets | sync s (median) | fastest | x one copy | transport alone s | x one copy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for transport, workers, bucket_mb, buckets, _, median, fastest in rows:
-        print(f"| {transport} | {workers} | {bucket_mb or '-'} | {buckets} | {median:.3f} | {fastest:.3f} | {median / limit:.1f} |")
+        alone = bare.get((workers, bucket_mb))
+        tail = f"{alone:.3f} | {alone / limit:.1f}" if alone is not None else "- | -"
+        print(f"| {transport} | {workers} | {bucket_mb or '-'} | {buckets} | {median:.3f} | {fastest:.3f} | {median / limit:.1f} | {tail} |")
     return 0
 
 
