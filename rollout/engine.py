@@ -6,6 +6,7 @@ runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that weights reach it
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -76,14 +77,11 @@ class RolloutEngine:
         self.version = version
         return weights.nbytes
 
-
     def weights_digest(self) -> str:
         """A hash of the engine's parameters as loaded (after the backend's own repacking): equal
         digests mean equal weights, whichever transport brought them."""
 
         def digest(worker) -> str:
-            import hashlib
-
             h = hashlib.sha256()
             for name, param in sorted(worker.model_runner.model.named_parameters()):
                 h.update(name.encode())
