@@ -64,6 +64,7 @@ def figure(records: list[dict], evaluations: dict[str, dict], title: str):
         ax.bar_label(bars, labels=[f"{unit.format(v)}\nn={evaluations[k]['eval_n']}" for k, v in zip(labels, values)], fontsize=8)
         ax.set_title(heading)
         ax.margins(y=0.25)
+        ax.set_ylim(bottom=0)
         ax.tick_params(axis="x", labelrotation=20)
     sft = [r for r in records if r["stage"] == "sft"]
     if sft:
