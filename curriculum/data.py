@@ -19,6 +19,7 @@ from cluster.typed_config import option
 
 EMBEDDED_GSM8K = Path(__file__).resolve().parent / "data" / "gsm8k"
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
+BOM = b"\xef\xbb\xbf"  # what some editors put before UTF-8 text; json.loads refuses it
 _STEP_PREFIX = re.compile(r"^\s*(?:step\s*\d+\s*[:.)-]|\d+\s*[.)])\s*", re.IGNORECASE)
 
 
@@ -154,9 +155,13 @@ def _iter_rows(spec: str) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
         yield from _iter_datasets(spec)
     else:
         path = Path(spec).expanduser()
+        if path.is_dir():
+            raise DataError(f"{spec} is a directory, not a data file")
         if not path.is_file():
             raise DataError(f"data file not found: {spec}")
-        if path.suffix in (".jsonl", ".json"):
+        if path.suffix == ".json":
+            yield from _iter_json(path)
+        elif path.suffix == ".jsonl":
             yield from _iter_jsonl(path)
         elif path.suffix == ".parquet":
             yield from _iter_datasets(spec)
@@ -164,16 +169,51 @@ def _iter_rows(spec: str) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
             raise DataError(f"unsupported data file type '{path.suffix}' for {spec} (use .jsonl, .json or .parquet)")
 
 
+def _decode(raw: bytes, unit: str) -> str:
+    """UTF-8 text, or a DataError naming the first byte that is not (by `unit`: column or offset)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text (byte 0x{raw[err.start]:02x} at {unit} {err.start + 1})") from None
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
-    # Parsed line by line (not through pyarrow) so that a bad row is reported by its line number.
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    # Parsed line by line (not through pyarrow) so that a bad row is reported by its line number;
+    # read as bytes so that one undecodable line is one bad row, not a crash of the whole load.
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = _decode(raw.removeprefix(BOM) if number == 1 else raw, "column")
+            except DataError as err:
+                yield f"{path}:{number}", None, str(err)
+                continue
             if not line.strip():
                 continue
             try:
                 yield f"{path}:{number}", json.loads(line), ""
-            except json.JSONDecodeError as err:
-                yield f"{path}:{number}", None, f"not valid JSON ({err.msg})"
+            except (json.JSONDecodeError, RecursionError) as err:
+                yield f"{path}:{number}", None, f"not valid JSON ({getattr(err, 'msg', 'nested too deeply')})"
+
+
+_JSON_KINDS = {dict: "an object", str: "a string", int: "a number", float: "a number", bool: "true or false", type(None): "null"}
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+    """A .json file: one list of rows (reported as `file#rowN`), or JSON lines as `datasets`
+    writes them (a document that does not parse whole is read, and its damage reported, by line)."""
+    try:
+        text = _decode(path.read_bytes().removeprefix(BOM), "byte offset")
+        document = json.loads(text)
+    except (DataError, json.JSONDecodeError, RecursionError):
+        yield from _iter_jsonl(path)
+        return
+    if isinstance(document, list):
+        for index, row in enumerate(document):
+            yield f"{path}#row{index}", row, ""
+    elif isinstance(document, dict) and len(text.strip().splitlines()) == 1:
+        yield from _iter_jsonl(path)  # JSON lines with a single row
+    else:
+        raise DataError(f"{path}: the top level must be a list of rows (or one JSON object per line), got {_JSON_KINDS[type(document)]}")
 
 
 def _iter_datasets(spec: str) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
