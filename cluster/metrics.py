@@ -8,6 +8,7 @@ so that the curves follow the run that continues.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -20,8 +21,10 @@ def set_aside_after(run_dir: Path, since: float) -> int:
     if not path.is_file():
         return 0
     keep, late = [], []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        (late if line.strip() and json.loads(line)["time"] > since else keep).append(line)
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines(keepends=True):
+        if line.strip():
+            # A line that does not parse was cut short by the kill: it goes aside with the rest.
+            (late if _time_of(line) > since else keep).append(line if line.endswith("\n") else line + "\n")
     if late:
         with (run_dir / "metrics.interrupted.jsonl").open("a", encoding="utf-8") as handle:
             handle.writelines(late)
@@ -29,6 +32,13 @@ def set_aside_after(run_dir: Path, since: float) -> int:
         tmp.write_text("".join(keep), encoding="utf-8")
         os.replace(tmp, path)
     return len(late)
+
+
+def _time_of(line: str) -> float:
+    try:
+        return float(json.loads(line)["time"])
+    except (ValueError, TypeError, KeyError):
+        return math.inf
 
 
 class MetricsSink:

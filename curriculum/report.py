@@ -12,8 +12,17 @@ from pathlib import Path
 
 
 def _records(run_dir: Path) -> list[dict]:
+    """The run's metric records; a line cut short by a kill (or otherwise damaged) is left out."""
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = []
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "stage" in record:
+            records.append(record)
+    return records
 
 
 def build_report(run_dir: Path, evaluations: dict[str, dict]) -> dict:

@@ -36,6 +36,43 @@ class RunState:
     stage_end: bool = False
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: a file is missing or damaged."""
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What makes a committed checkpoint unusable, naming the file; None when it is whole. Cheap:
+    JSON files parsed, safetensors headers read (they must cover the whole file), no tensor loaded."""
+    try:
+        RunDir.read_state(checkpoint)
+    except FileNotFoundError:
+        return "state.json is missing"
+    except (ValueError, TypeError):  # not UTF-8, not JSON, or not the fields of a RunState
+        return "state.json is not a run state"
+    try:
+        config = json.loads((checkpoint / "config.json").read_bytes())
+    except FileNotFoundError:
+        return "config.json is missing"
+    except ValueError:
+        return "config.json is not valid JSON"
+    if not isinstance(config, dict) or "model_type" not in config:
+        return "config.json is not a model config (no model_type)"
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    if not weights:
+        return "no *.safetensors weights"
+    from safetensors import safe_open
+
+    for path in weights:
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as err:  # safetensors raises its own error type for every kind of damage
+            return f"{path.name} is damaged ({err})"
+    if not (checkpoint / "deepspeed").is_dir():
+        return "deepspeed/ (the optimizer state) is missing"
+    return None
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = path
@@ -71,15 +108,33 @@ class RunDir:
             raise FileNotFoundError(f"--resume auto: no run named {name!r} with a complete checkpoint under {base}/")
         return max(resumable, key=lambda item: (item[0] / "state.json").stat().st_mtime)[1]
 
-    def complete_checkpoints(self) -> list[Path]:
+    def committed_checkpoints(self) -> list[Path]:
+        """Every checkpoint that was committed (renamed from `.tmp`), oldest first: the folder name
+        starts with the zero-padded global step."""
         if not self.checkpoints.is_dir():
             return []
-        found = [p for p in self.checkpoints.iterdir() if p.is_dir() and not p.name.endswith(".tmp") and (p / "state.json").is_file()]
-        return sorted(found, key=lambda p: (self.read_state(p).global_step, p.name))
+        return sorted(p for p in self.checkpoints.iterdir() if p.is_dir() and not p.name.endswith(".tmp") and (p / "state.json").exists())
+
+    def complete_checkpoints(self) -> list[Path]:
+        """The committed checkpoints whose files are whole (see `checkpoint_problem`)."""
+        return [p for p in self.committed_checkpoints() if checkpoint_problem(p) is None]
 
     def latest_checkpoint(self) -> Path | None:
         found = self.complete_checkpoints()
         return found[-1] if found else None
+
+    def resume_checkpoint(self) -> Path | None:
+        """`--resume RUN_DIR`: the newest committed checkpoint, refused with the damaged file and
+        the newest complete one named if it has been damaged since (disk full, a copy cut short)."""
+        committed = self.committed_checkpoints()
+        if not committed:
+            return None
+        problem = checkpoint_problem(committed[-1])
+        if problem is None:
+            return committed[-1]
+        earlier = self.latest_checkpoint()
+        instead = f"the newest complete one is {earlier}: move {committed[-1].name} aside to resume from it" if earlier else "no earlier checkpoint is complete"
+        raise CheckpointError(f"checkpoint {committed[-1]} is damaged ({problem}); {instead}")
 
     @staticmethod
     def read_state(checkpoint: Path) -> RunState:

@@ -19,7 +19,7 @@ from curriculum.faults import NumericalFault
 from curriculum.prompter import Prompter, PromptTooLong
 from curriculum.data import DataError, load_problems
 from curriculum.report import table, write_report
-from curriculum.run_dir import RunDir
+from curriculum.run_dir import CheckpointError, RunDir
 from cluster.typed_config import ConfigError, describe, load_config
 from launch.job_config import JobConfig
 from learner.models import ModelError, check_frozen_layers, resolve_model
@@ -58,12 +58,13 @@ def prepare(args: argparse.Namespace):
             if args.resume == "auto":
                 named = load_config(JobConfig, args.config, args.overrides)
                 run = RunDir.find_latest(named.run.output_dir, named.run.name)
+                checkpoint = run.latest_checkpoint()  # damaged checkpoints are passed over
             else:
                 run = RunDir.open(args.resume)
-        except FileNotFoundError as err:
+                checkpoint = run.resume_checkpoint()  # a damaged newest checkpoint is refused
+        except (FileNotFoundError, CheckpointError) as err:
             raise ConfigError(str(err)) from None
         cfg = load_config(JobConfig, run.path / "config.yaml", args.overrides)
-        checkpoint = run.latest_checkpoint()
     else:
         cfg = load_config(JobConfig, args.config, args.overrides)
     train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train)

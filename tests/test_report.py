@@ -37,7 +37,8 @@ def test_stage_2_and_stage_3_rollouts_are_separate_series():
 
 
 def test_write_report_from_a_run_folder(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    # A line cut short by a kill, and one that is not text, are left out.
+    (tmp_path / "metrics.jsonl").write_bytes("".join(json.dumps(r) + "\n" for r in _records()).encode() + b"\xff{}\n" + b'{"time": 1, "st')
     report = write_report(tmp_path)
     assert report["steps"] == 6 and abs(report["token_ratio"] - 84.2 / 228.2) < 1e-9
     assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -6,10 +6,14 @@ import time
 from dataclasses import dataclass
 
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
 
 from cluster.metrics import set_aside_after
 from curriculum.faults import NonFiniteStreak, NumericalFault
-from curriculum.run_dir import RunDir, RunState
+from curriculum.run_dir import CheckpointError, RunDir, RunState, checkpoint_problem
 
 
 class _Tokenizer:
@@ -23,9 +27,13 @@ class _Cfg:
 
 
 def _checkpoint(run: RunDir, step: int, label: str, stage_end: bool = False, keep_last: int = 2):
+    """What the learner writes, in miniature: weights, model config, optimizer state."""
     state = RunState(stage=2, stage_step=step, global_step=step, stage_end=stage_end)
     folder = run.begin_checkpoint(state, label)
-    (folder / "model.safetensors").write_text("weights")
+    save_file({"model.embed_tokens.weight": torch.ones(4, 2)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (folder / "deepspeed").mkdir()
+    (folder / "deepspeed" / "latest").write_text("state")
     return run.commit_checkpoint(folder, state, _Tokenizer(), keep_last)
 
 
@@ -81,3 +89,52 @@ def test_non_finite_streak_stops_after_the_limit():
     unlimited = NonFiniteStreak(limit=0)
     unlimited.record(True)
     unlimited.check("never stops")  # 0 = no limit
+
+
+def test_damaged_checkpoint_is_never_chosen(tmp_path):
+    run = RunDir.create(str(tmp_path), "r", _Cfg())
+    good = _checkpoint(run, 2, "grpo-step2")
+    newest = _checkpoint(run, 4, "grpo-step4")
+    whole = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    assert run.latest_checkpoint() == good  # --resume auto passes over it
+    assert RunDir.find_latest(str(tmp_path), "r").latest_checkpoint() == good
+    with pytest.raises(CheckpointError, match=r"000004-grpo-step4 is damaged \(model.safetensors is damaged .*\); the newest complete one is .*000002-grpo-step2"):
+        run.resume_checkpoint()  # --resume RUN_DIR says which file and which checkpoint instead
+    (good / "state.json").write_text('{"stage": 2, "glob')
+    with pytest.raises(CheckpointError, match="no earlier checkpoint is complete"):
+        run.resume_checkpoint()
+
+
+def test_every_truncation_of_a_checkpoint_file_is_caught(tmp_path):
+    run = RunDir.create(str(tmp_path), "r", _Cfg())
+    checkpoint = _checkpoint(run, 1, "sft")
+    assert checkpoint_problem(checkpoint) is None
+    for name in ("state.json", "config.json", "model.safetensors"):
+        whole = (checkpoint / name).read_bytes()
+        for cut in range(len(whole)):
+            (checkpoint / name).write_bytes(whole[:cut])
+            assert checkpoint_problem(checkpoint) is not None, (name, cut)
+        (checkpoint / name).write_bytes(whole)
+    assert checkpoint_problem(checkpoint) is None
+    (checkpoint / "config.json").write_text('{"hidden_size": 8}')  # valid JSON, not a model config
+    assert checkpoint_problem(checkpoint) == "config.json is not a model config (no model_type)"
+
+
+@settings(max_examples=100, deadline=None)
+@given(state=st.binary(max_size=300), config=st.binary(max_size=300), weights=st.binary(max_size=300))
+def test_checkpoint_files_of_arbitrary_bytes(tmp_path_factory, state, config, weights):
+    run = RunDir.create(str(tmp_path_factory.mktemp("run")), "r", _Cfg())
+    checkpoint = _checkpoint(run, 1, "sft")
+    for name, data in (("state.json", state), ("config.json", config), ("model.safetensors", weights)):
+        (checkpoint / name).write_bytes(data)
+    assert isinstance(checkpoint_problem(checkpoint), str)
+    assert run.latest_checkpoint() is None
+
+
+def test_damaged_metrics_lines_are_set_aside(tmp_path):
+    lines = [json.dumps({"time": t, "step": t, "stage": "grpo"}) for t in (1.0, 2.0, 3.0)]
+    (tmp_path / "metrics.jsonl").write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe{}\n" + lines[0][:17].encode())
+    assert set_aside_after(tmp_path, since=2.5) == 3  # step 3, the undecodable line, the cut one
+    kept = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == [1.0, 2.0]
