@@ -146,7 +146,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key, yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': the value is not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"override '{text}'{_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: where (line:column) and what, as an `error:` line should read."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{f':{mark.line + 1}:{mark.column + 1}' if mark else ''}: not valid YAML ({problem})"
 
 
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] = ()) -> Any:
@@ -164,7 +170,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         except UnicodeDecodeError as err:
             raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"config file {path}{_yaml_problem(err)}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     for text in overrides:

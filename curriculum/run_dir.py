@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from cluster.typed_config import to_dict
+from learner.models import weights_problem
 
 
 @dataclass
@@ -57,17 +58,9 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         return "config.json is not valid JSON"
     if not isinstance(config, dict) or "model_type" not in config:
         return "config.json is not a model config (no model_type)"
-    weights = sorted(checkpoint.glob("*.safetensors"))
-    if not weights:
-        return "no *.safetensors weights"
-    from safetensors import safe_open
-
-    for path in weights:
-        try:
-            with safe_open(str(path), "pt"):
-                pass
-        except Exception as err:  # safetensors raises its own error type for every kind of damage
-            return f"{path.name} is damaged ({err})"
+    problem = weights_problem(checkpoint)
+    if problem is not None:
+        return problem
     if not (checkpoint / "deepspeed").is_dir():
         return "deepspeed/ (the optimizer state) is missing"
     return None

@@ -71,8 +71,26 @@ def gguf_to_folder(gguf: Path, folder: Path, progress: bool = True) -> Path:
     return folder
 
 
+def weights_problem(folder: Path) -> str | None:
+    """What is wrong with a folder's safetensors weights, naming the file; None when every file's
+    header reads and covers the whole file (cheap: no tensor is loaded)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:  # PyTorch .bin weights cannot be checked without unpickling them
+        return None if any(folder.glob("*.bin")) else "no weights (*.safetensors or *.bin)"
+    for path in files:
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as err:  # safetensors raises its own error type for every kind of damage
+            return f"{path.name} is damaged ({err})"
+    return None
+
+
 def check_loadable(folder: str, spec: str) -> str:
-    """Read the folder's config and tokenizer now, so that a broken model fails before any actor starts."""
+    """Read the folder's config, tokenizer and weight headers now, so that a broken model fails
+    before any actor starts."""
     from transformers import AutoConfig, AutoTokenizer
 
     try:
@@ -80,6 +98,9 @@ def check_loadable(folder: str, spec: str) -> str:
         AutoTokenizer.from_pretrained(folder)
     except Exception as err:  # transformers raises many kinds; all mean the same to the user
         raise ModelError(f"model {spec} cannot be loaded from {folder}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+    problem = weights_problem(Path(folder))
+    if problem is not None:
+        raise ModelError(f"model {spec} cannot be loaded from {folder}: {problem}")
     return folder
 
 

@@ -1,6 +1,7 @@
 """Every bad input is refused before any actor starts: one `error:` line, exit code 2, nothing written."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,28 @@ def test_missing_and_unloadable_model(capsys, out, tmp_path):
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     assert "cannot be loaded" in _refused(capsys, out, f"model.path={broken}")
+
+
+def test_damaged_model_folder(capsys, out, tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(weights[: len(weights) // 3])  # a download cut short
+    assert "model.safetensors is damaged" in _refused(capsys, out, f"model.path={model}")
+    (model / "model.safetensors").write_bytes(weights)
+    (model / "config.json").write_text(json.dumps({"hidden_size": 64}))  # JSON, but no model config
+    assert "cannot be loaded" in _refused(capsys, out, f"model.path={model}")
+
+
+def test_undecodable_data_and_config(capsys, out, tiny_model_dir, tmp_path):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes((GOOD_ROW + "\n").encode() + '{"question": "Combien coûte"}\n'.encode("latin-1"))
+    assert "latin.jsonl:2: not UTF-8 text (byte 0xfb at column 25)" in _refused(capsys, out, f"model.path={tiny_model_dir}", f"data.train={latin}")
+    config = tmp_path / "config.yaml"
+    config.write_bytes(b"\x89PNG\r\n\x1a\n")
+    code = main(["--config", str(config), f"run.output_dir={out}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"error: config file {config} is not UTF-8 text (byte 0x89 at offset 0)" and not out.exists()
 
 
 def test_missing_empty_and_malformed_data(capsys, out, tiny_model_dir, rows, tmp_path):

@@ -165,5 +165,8 @@ def test_hostile_configs_say_what_is_wrong(tmp_path):
     (tmp_path / "folder.yaml").mkdir()
     with pytest.raises(ConfigError, match="folder.yaml is a directory"):
         load_config(JobConfig, tmp_path / "folder.yaml")
-    with pytest.raises(ConfigError, match=r"override 'grpo.group_size=\[4': the value is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"override 'grpo.group_size=\[4':1:3: not valid YAML \(expected ',' or '\]', but got '<stream end>'\)"):
         load_config(JobConfig, None, ["grpo.group_size=[4"])
+    (tmp_path / "bad.yaml").write_text("grpo:\n  group_size: [4\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:3:1: not valid YAML \(expected ',' or '\]', but got '<stream end>'\)$"):
+        load_config(JobConfig, tmp_path / "bad.yaml")
