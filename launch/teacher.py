@@ -53,6 +53,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _records(path: Path, field: str) -> list[tuple[dict, bytes]]:
+    """(record, line) of a file this job appends to. A last line cut short by a crash mid-append is
+    dropped (its problem is generated again); any other line that this job would not have written
+    is refused, naming it, before anything is generated or rewritten."""
+    if not path.exists():
+        return []
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not the teacher job's file")
+    lines = path.read_bytes().splitlines(keepends=True)
+    out = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict) or not isinstance(record.get("origin"), str) or field not in record:
+                raise ValueError(f"not a record with 'origin' and '{field}'")
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            if number == len(lines) and not line.endswith(b"\n"):
+                break
+            raise DataError(f"{path}:{number}: not a line the teacher job wrote ({str(err).splitlines()[0]})") from None
+        out.append((record, line))
+    return out
+
+
 class TeacherFiles:
     """FILE (kept rows), FILE.progress.jsonl (finished problems), FILE.summary.json."""
 
@@ -63,13 +86,13 @@ class TeacherFiles:
 
     def finished(self) -> set[str]:
         """Origins of finished problems; rows of unfinished ones (a crash mid-chunk) are dropped."""
-        done = {json.loads(line)["origin"] for line in self.progress.read_text().splitlines()} if self.progress.is_file() else set()
+        done = {record["origin"] for record, _ in _records(self.progress, "reasons")}
         if self.rows.is_file():
-            lines = self.rows.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if json.loads(line)["origin"] in done]
-            if len(kept) != len(lines):
+            rows = _records(self.rows, "rationale")
+            kept = [line for record, line in rows if record["origin"] in done]
+            if len(kept) != len(self.rows.read_bytes().splitlines()):
                 tmp = self.rows.with_name(self.rows.name + ".tmp")
-                tmp.write_text("".join(kept))
+                tmp.write_bytes(b"".join(kept))
                 os.replace(tmp, self.rows)
         return done
 
@@ -83,9 +106,9 @@ class TeacherFiles:
                 os.fsync(handle.fileno())
 
     def write_summary(self) -> dict:
-        records = [json.loads(line) for line in self.progress.read_text().splitlines()] if self.progress.is_file() else []
+        records = [record for record, _ in _records(self.progress, "reasons")]
         reasons = Counter(reason for r in records for reason in r["reasons"])
-        rows = [json.loads(line) for line in self.rows.read_text().splitlines()] if self.rows.is_file() else []
+        rows = [record for record, _ in _records(self.rows, "rationale")]
         summary = {
             "problems": len(records), "generated": sum(len(r["reasons"]) for r in records),
             "correct": sum(n for reason, n in reasons.items() if reason in ("kept", "empty", "repetitive", "bad_arithmetic")),
@@ -105,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    done = files.finished()
+    try:
+        done = files.finished()
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     todo = [p for p in problems if p.origin not in done]
     print(f"{len(problems)} problems, {len(done)} already finished, {len(todo)} to generate")
     if todo:

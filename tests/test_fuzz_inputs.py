@@ -170,3 +170,53 @@ def test_hostile_configs_say_what_is_wrong(tmp_path):
     (tmp_path / "bad.yaml").write_text("grpo:\n  group_size: [4\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:3:1: not valid YAML \(expected ',' or '\]', but got '<stream end>'\)$"):
         load_config(JobConfig, tmp_path / "bad.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# the teacher job's progress files
+
+
+def _progress_line(origin: str) -> bytes:
+    return (json.dumps({"origin": origin, "reasons": ["kept"]}) + "\n").encode()
+
+
+def _row_line(origin: str) -> bytes:
+    return (json.dumps({"origin": origin, "question": "q", "rationale": "Step 1: 1 + 1 = 2", "answer": "2"}) + "\n").encode()
+
+
+@FUZZ
+@given(progress=st.binary(max_size=600), rows=st.binary(max_size=600))
+def test_teacher_files_of_arbitrary_bytes(tmp_path_factory, progress, rows):
+    from launch.teacher import TeacherFiles
+
+    out = tmp_path_factory.mktemp("teacher") / "t.jsonl"
+    Path(f"{out}.progress.jsonl").write_bytes(progress)
+    out.write_bytes(rows)
+    files = TeacherFiles(str(out))
+    try:
+        done = files.finished()
+    except DataError as err:
+        assert str(err).startswith(str(out)), str(err)
+        assert out.read_bytes() == rows  # refused before anything was rewritten
+        return
+    assert isinstance(done, set)
+    files.write_summary()
+
+
+def test_teacher_files_after_a_crash_and_when_foreign(tmp_path):
+    from launch.teacher import TeacherFiles
+
+    out = tmp_path / "t.jsonl"
+    progress = Path(f"{out}.progress.jsonl")
+    # A crash mid-append: the last progress line is cut short, a row of its problem was written.
+    progress.write_bytes(_progress_line("a:1") + _progress_line("a:2")[:20])
+    out.write_bytes(_row_line("a:1") + _row_line("a:2"))
+    assert TeacherFiles(str(out)).finished() == {"a:1"}
+    assert out.read_bytes() == _row_line("a:1")
+    # A line in the middle that this job did not write: refused, naming it.
+    progress.write_bytes(_progress_line("a:1") + "café\n".encode("latin-1") + _progress_line("a:2"))
+    with pytest.raises(DataError, match=r"t.jsonl.progress.jsonl:2: not a line the teacher job wrote \('utf-8' codec can't decode byte 0xe9"):
+        TeacherFiles(str(out)).finished()
+    progress.write_bytes(_progress_line("a:1") + b'{"origin": 3}\n' + _progress_line("a:2"))
+    with pytest.raises(DataError, match=r"progress.jsonl:2: not a line the teacher job wrote \(not a record with 'origin' and 'reasons'\)"):
+        TeacherFiles(str(out)).finished()
