@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):
@@ -38,8 +39,14 @@ def install_error_handlers(app: FastAPI) -> None:
         param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
         return JSONResponse(error_body(f"{param or 'body'}: {first.get('msg')}", param), status_code=400)
 
+    async def on_http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not UTF-8, an unknown path or method) in OpenAI's shape.
+        message = "the request body could not be read as UTF-8 JSON" if err.status_code == 400 else str(err.detail)
+        return JSONResponse(error_body(message), status_code=err.status_code, headers=getattr(err, "headers", None))
+
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_invalid)
+    app.add_exception_handler(StarletteHTTPException, on_http)
 
 
 class StreamOptions(BaseModel):

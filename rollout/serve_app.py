@@ -27,6 +27,7 @@ class ServeConfig:
     default_max_tokens: int = option(512, "max_tokens when a request gives none (capped by the context left after the prompt).")
     engine: RolloutConfig = section(RolloutConfig, "The vLLM engine of each replica (dtype, context length, KV cache, threads).")
     seed: int = option(0, "Engine seed (sampled requests are not reproducible across runs unless they are greedy).")
+    shutdown_timeout_s: float = option(3.0, "When the server stops (Ctrl-C, SIGTERM): seconds a replica may spend finishing the requests it is running before its engine is stopped; their streams then end.")
 
 
 def build_app(model_path: str, cfg: ServeConfig):
@@ -37,6 +38,10 @@ def build_app(model_path: str, cfg: ServeConfig):
         name="student",
         num_replicas=cfg.replicas,
         max_ongoing_requests=cfg.max_ongoing_requests,
+        # Serve's default gives running requests 20 s, and its shutdown gives up on the controller
+        # after 30 s: a stop with a long stream open took 40 s. Bounded here instead.
+        graceful_shutdown_timeout_s=cfg.shutdown_timeout_s,
+        graceful_shutdown_wait_loop_s=min(1.0, cfg.shutdown_timeout_s),
         ray_actor_options={
             "num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica,
             "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cfg.engine.torch_threads)}},
