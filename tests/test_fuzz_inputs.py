@@ -220,3 +220,10 @@ def test_teacher_files_after_a_crash_and_when_foreign(tmp_path):
     progress.write_bytes(_progress_line("a:1") + b'{"origin": 3}\n' + _progress_line("a:2"))
     with pytest.raises(DataError, match=r"progress.jsonl:2: not a line the teacher job wrote \(not a record with 'origin' and 'reasons'\)"):
         TeacherFiles(str(out)).finished()
+
+
+def test_parquet_that_is_not_parquet(tmp_path):
+    path = tmp_path / "rows.parquet"
+    path.write_bytes(b"PAR1" + bytes(range(256)) * 8)
+    with pytest.raises(DataError, match="cannot load dataset"):
+        load_problems(str(path))

@@ -2,6 +2,7 @@
 and the count of non-finite updates."""
 
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -121,7 +122,7 @@ def test_every_truncation_of_a_checkpoint_file_is_caught(tmp_path):
     assert checkpoint_problem(checkpoint) == "config.json is not a model config (no model_type)"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=int(os.environ.get("BRIDGE_FUZZ_EXAMPLES", "100")), deadline=None)
 @given(state=st.binary(max_size=300), config=st.binary(max_size=300), weights=st.binary(max_size=300))
 def test_checkpoint_files_of_arbitrary_bytes(tmp_path_factory, state, config, weights):
     run = RunDir.create(str(tmp_path_factory.mktemp("run")), "r", _Cfg())
