@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from cluster.typed_config import to_dict
+from cluster.typed_config import ConfigError, to_dict
 from learner.models import weights_problem
 
 
@@ -35,6 +35,10 @@ class RunState:
     version: int = 0
     failures: list[int] | None = None
     stage_end: bool = False
+
+
+# The last line of a run's config.yaml: without it the file was cut short.
+CONFIG_END = "# end of config\n"
 
 
 class CheckpointError(ValueError):
@@ -80,7 +84,7 @@ class RunDir:
             suffix += 1
             path = base.with_name(f"{name}-{suffix}")
         path.mkdir(parents=True)
-        (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False) + CONFIG_END)
         return cls(path)
 
     @classmethod
@@ -89,6 +93,17 @@ class RunDir:
         if not (run.path / "config.yaml").is_file():
             raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
         return run
+
+    def resolved_config(self) -> Path:
+        """The run's config.yaml, refused if it was cut short: YAML cut at a line break still
+        parses, and would resume the run with defaults in place of the lost keys."""
+        path = self.path / "config.yaml"
+        if not path.read_bytes().endswith(CONFIG_END.encode()):
+            raise ConfigError(
+                f"{path} is cut short (a run's config.yaml ends with the line '{CONFIG_END.strip()}'; "
+                "a run folder written before that line existed resumes once it is appended)"
+            )
+        return path
 
     @classmethod
     def find_latest(cls, output_dir: str, name: str) -> "RunDir":

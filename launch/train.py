@@ -64,7 +64,7 @@ def prepare(args: argparse.Namespace):
                 checkpoint = run.resume_checkpoint()  # a damaged newest checkpoint is refused
         except (FileNotFoundError, CheckpointError) as err:
             raise ConfigError(str(err)) from None
-        cfg = load_config(JobConfig, run.path / "config.yaml", args.overrides)
+        cfg = load_config(JobConfig, run.resolved_config(), args.overrides)
     else:
         cfg = load_config(JobConfig, args.config, args.overrides)
     train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train)

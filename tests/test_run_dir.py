@@ -139,3 +139,16 @@ def test_damaged_metrics_lines_are_set_aside(tmp_path):
     assert set_aside_after(tmp_path, since=2.5) == 3  # step 3, the undecodable line, the cut one
     kept = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert kept == [1.0, 2.0]
+
+
+def test_config_yaml_cut_short_is_refused(tmp_path):
+    from cluster.typed_config import ConfigError, load_config
+    from launch.job_config import JobConfig
+
+    run = RunDir.create(str(tmp_path), "r", JobConfig())
+    whole = (run.path / "config.yaml").read_bytes()
+    assert load_config(JobConfig, run.resolved_config()) == JobConfig()
+    for cut in range(len(whole)):  # every cut, at a line break too, where the YAML still parses
+        (run.path / "config.yaml").write_bytes(whole[:cut])
+        with pytest.raises(ConfigError, match="config.yaml is cut short"):
+            run.resolved_config()
