@@ -123,7 +123,13 @@ _request = st.fixed_dictionaries({}, optional={
     "temperature": st.floats(-1, 3) | _json, "top_p": st.floats(-1, 2) | _json, "n": st.integers(-1, 3) | _json,
     "stream": st.booleans() | _json, "stop": st.text(max_size=5) | _json, "logprobs": _json,
 })
-_body = st.one_of(_request.map(json.dumps), _json.map(json.dumps), st.binary(max_size=200))
+# Valid requests with one or two fields of any kind in place of theirs: most reach the engine.
+_VALID = {"model": "student", "messages": [{"role": "user", "content": "2 + 2 = ?"}], "prompt": "2 + 2 =", "max_tokens": 4}
+_near_valid = st.dictionaries(
+    st.sampled_from(["max_tokens", "temperature", "top_p", "n", "stream", "stop", "logprobs", "seed", "user", "messages", "prompt"]),
+    st.integers(-2, 8) | st.floats(0, 1.5) | st.booleans() | st.text(max_size=8) | _json, min_size=1, max_size=2,
+).map(lambda changes: {**_VALID, **changes})
+_body = st.one_of(_near_valid.map(json.dumps), _request.map(json.dumps), _json.map(json.dumps), st.binary(max_size=200))
 
 
 @pytest.mark.parametrize("endpoint", ["/chat/completions", "/completions"])
