@@ -90,6 +90,8 @@ class TeacherFiles:
         if self.rows.is_file():
             rows = _records(self.rows, "rationale")
             kept = [line for record, line in rows if record["origin"] in done]
+            # Counted against the file's lines, not `rows`: a last line cut short must go too, or
+            # the next append would follow it and leave a broken line in the middle.
             if len(kept) != len(self.rows.read_bytes().splitlines()):
                 tmp = self.rows.with_name(self.rows.name + ".tmp")
                 tmp.write_bytes(b"".join(kept))
@@ -125,12 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     files = TeacherFiles(args.out)
     try:
         problems, model_path, prompter = read_inputs(args.data, args.limit, args.model, args.max_prompt_tokens)
-    except (DataError, ModelError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
         done = files.finished()
-    except DataError as err:
+    except (DataError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     todo = [p for p in problems if p.origin not in done]

@@ -34,7 +34,8 @@ def broadcast_buckets(group: WeightGroup | None, module: torch.nn.Module, bucket
                     group.broadcast(flat)
                 except WeightGroupError as err:
                     failure = err
-                sent += flat.numel() * flat.element_size()
+                else:
+                    sent += flat.numel() * flat.element_size()
     if failure is not None:
         raise failure
     if torch.cuda.is_available():
