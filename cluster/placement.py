@@ -1,7 +1,10 @@
-"""Placement of the two roles: one placement group, bundles sized from the config.
+"""Placement of the two roles: one placement group, bundles sized and labelled from the config.
 
 Separate layout: bundles [learner-0 .. learner-M-1, rollout-0 .. rollout-N-1].
 Colocated layout: bundle i holds learner i and rollout worker i (they share its GPU).
+One group for both roles makes the reservation all-or-nothing: a job never starts half placed.
+Each bundle may require node labels (`cluster.learner_labels` / `rollout_labels`); the layout is
+checked against the live nodes (cluster/layout.py) before anything is reserved.
 Actors are named `<run>/learner-<i>` and `<run>/rollout-<i>` so they read well in the dashboard.
 """
 
@@ -10,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.config import ClusterConfig
+from cluster.layout import Demand, LayoutError, Node, assign
 
 
 class PlacementError(RuntimeError):
@@ -24,6 +28,50 @@ def _bundle(cpus: float, gpus: float) -> dict[str, float]:
     return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
 
 
+def demands_for(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> tuple[list[Demand], list[int], list[int]]:
+    """The bundles of the layout and which bundle each learner / rollout worker uses."""
+    learner = _bundle(cfg.cpus_per_learner, cfg.gpus_per_learner)
+    rollout = _bundle(cfg.cpus_per_rollout, cfg.gpus_per_rollout)
+    if cfg.colocate:
+        clash = {k for k in cfg.learner_labels.keys() & cfg.rollout_labels.keys() if cfg.learner_labels[k] != cfg.rollout_labels[k]}
+        if clash:
+            raise PlacementError(f"cluster.colocate puts a learner and a rollout worker on one node, but learner_labels and rollout_labels differ on {sorted(clash)}")
+        shared = {k: learner.get(k, 0) + rollout.get(k, 0) for k in learner | rollout}
+        labels = {**cfg.learner_labels, **cfg.rollout_labels}
+        count = max(num_learners, num_rollout)
+        names = [" + ".join(n for n, c in ((f"learner-{i}", num_learners), (f"rollout-{i}", num_rollout)) if i < c) for i in range(count)]
+        return [Demand(name, shared, labels) for name in names], list(range(num_learners)), list(range(num_rollout))
+    demands = [Demand(f"learner-{i}", learner, cfg.learner_labels) for i in range(num_learners)]
+    demands += [Demand(f"rollout-{i}", rollout, cfg.rollout_labels) for i in range(num_rollout)]
+    return demands, list(range(num_learners)), list(range(num_learners, num_learners + num_rollout))
+
+
+def live_nodes() -> list[Node]:
+    return [
+        Node(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"]), dict(n.get("Labels") or {}))
+        for n in ray.nodes() if n["Alive"]
+    ]
+
+
+def describe_node(node_id: str) -> str:
+    """'192.0.2.7/1a2b3c4d [pool=train]', with '(dead)' when Ray has marked the node dead."""
+    for n in ray.nodes():
+        if n["NodeID"] == node_id:
+            node = Node(node_id, n["NodeManagerAddress"], {}, dict(n.get("Labels") or {}))
+            return node.describe() + ("" if n["Alive"] else " (dead)")
+    return f"{node_id[:8]} (unknown)"
+
+
+def check_layout(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> list[Node]:
+    """Before anything is written or started: can the connected cluster hold the layout? Returns
+    the node first fit would give each bundle (Ray's scheduler makes the final choice)."""
+    demands, _, _ = demands_for(num_learners, num_rollout, cfg)
+    try:
+        return assign(demands, live_nodes(), cfg.strategy)
+    except LayoutError as err:
+        raise PlacementError(str(err)) from None
+
+
 @dataclass
 class Placement:
     group: PlacementGroup
@@ -32,7 +80,6 @@ class Placement:
 
     def options(self, role: str, index: int, run: str, cfg: ClusterConfig, env: dict[str, str] | None = None) -> dict:
         """Ray actor options for actor `index` of `role` ('learner' or 'rollout')."""
-        bundles = self.learner_bundles if role == "learner" else self.rollout_bundles
         cpus, gpus = (cfg.cpus_per_learner, cfg.gpus_per_learner) if role == "learner" else (cfg.cpus_per_rollout, cfg.gpus_per_rollout)
         options = {
             "name": f"{run}/{role}-{index}",
@@ -40,52 +87,36 @@ class Placement:
             "num_gpus": gpus,
             "max_concurrency": 1,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=self.group, placement_group_bundle_index=bundles[index]
+                placement_group=self.group, placement_group_bundle_index=self.bundle(role, index)
             ),
         }
         if env:
             options["runtime_env"] = {"env_vars": env}
         return options
 
+    def bundle(self, role: str, index: int) -> int:
+        return (self.learner_bundles if role == "learner" else self.rollout_bundles)[index]
+
+    def node_id(self, role: str, index: int) -> str | None:
+        """The node that holds the bundle now (it changes when Ray moves a dead node's bundles)."""
+        return placement_group_table(self.group)["bundles_to_node_id"].get(self.bundle(role, index))
+
     def remove(self) -> None:
         remove_placement_group(self.group)
 
 
-def bundles_for(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> tuple[list[dict], list[int], list[int]]:
-    """The bundles of the layout and which bundle each learner / rollout worker uses."""
-    learner = _bundle(cfg.cpus_per_learner, cfg.gpus_per_learner)
-    rollout = _bundle(cfg.cpus_per_rollout, cfg.gpus_per_rollout)
-    if cfg.colocate:
-        count = max(num_learners, num_rollout)
-        shared = {k: learner.get(k, 0) + rollout.get(k, 0) for k in learner | rollout}
-        return [shared] * count, list(range(num_learners)), list(range(num_rollout))
-    bundles = [learner] * num_learners + [rollout] * num_rollout
-    return bundles, list(range(num_learners)), list(range(num_learners, num_learners + num_rollout))
-
-
-def check_fits(bundles: list[dict], available: dict[str, float]) -> None:
-    """Refuse up front a layout that asks for more than the whole cluster has."""
-    for resource in ("CPU", "GPU"):
-        needed = sum(b.get(resource, 0) for b in bundles)
-        if needed > available.get(resource, 0) + 1e-9:
-            raise PlacementError(
-                f"the layout needs {needed:g} {resource}s but the Ray cluster has {available.get(resource, 0):g}; "
-                "lower learner.num_learners / rollout.num_workers or the cluster.*_per_* resources"
-            )
-
-
-def check_layout(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> None:
-    """Before anything is written or started: does the layout fit the connected cluster?"""
-    check_fits(bundles_for(num_learners, num_rollout, cfg)[0], ray.cluster_resources())
-
-
 def place(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> Placement:
-    bundles, learner_bundles, rollout_bundles = bundles_for(num_learners, num_rollout, cfg)
-    check_fits(bundles, ray.cluster_resources())
-    group = placement_group(bundles, strategy=cfg.strategy)
+    demands, learner_bundles, rollout_bundles = demands_for(num_learners, num_rollout, cfg)
+    check_layout(num_learners, num_rollout, cfg)
+    selectors = [d.labels for d in demands]
+    group = placement_group(
+        [d.resources for d in demands], strategy=cfg.strategy,
+        bundle_label_selector=selectors if any(selectors) else None,
+    )
     try:
         ray.get(group.ready(), timeout=cfg.placement_timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(group)
-        raise PlacementError(f"placement group {bundles} not ready after {cfg.placement_timeout_s:.0f} s") from None
+        wanted = ", ".join(f"{d.name} {d.resources}" for d in demands)
+        raise PlacementError(f"placement group not ready after {cfg.placement_timeout_s:.0f} s ({wanted}): other jobs may hold the resources") from None
     return Placement(group, learner_bundles, rollout_bundles)

@@ -30,6 +30,14 @@ from rollout.group import RolloutGroup
 HOST_SHARE_OF_TIMEOUT, MEMBER_SHARE_OF_TIMEOUT = 0.8, 0.9
 
 
+class WorkerLost(ActorDied):
+    """Rollout worker `worker` died during a sync; Ray may be restarting it."""
+
+    def __init__(self, message: str, worker: int):
+        super().__init__(message, worker, restarting=True)
+        self.worker = worker
+
+
 @dataclass(frozen=True)
 class SyncResult:
     version: int
@@ -67,12 +75,27 @@ class WeightSync:
             for i, w in enumerate(self.rollout.workers)
         ]
         self.formed = False
-        wait_all(refs, timeout, f"learner-0 and {len(self.rollout.workers)} rollout worker(s) to form the weight group", ["learner-0", *self.rollout.names])
+        try:
+            wait_all(refs, timeout, f"learner-0 and {len(self.rollout.workers)} rollout worker(s) to form the weight group", ["learner-0", *self.rollout.names])
+        except ActorDied as err:
+            if err.index == 0:
+                self.learners.wait(refs[:1], timeout, "learner-0 to host the weight group", [0])
+                raise
+            raise WorkerLost(str(err), err.index - 1) from err
         self.formed = True
 
     def sync(self, version: int) -> SyncResult:
+        """Push `version` to every rollout worker. A worker lost during the sync (its node died) is
+        waited for while Ray restarts it, possibly on another node, and the sync is done again."""
         start = time.perf_counter()
-        received = self._broadcast(version) if self.transport == "collective" else self._push(version, None)
+        for _ in range(self.cluster.rollout_max_restarts + 1):
+            try:
+                received = self._broadcast(version) if self.transport == "collective" else self._push(version, None)
+                break
+            except WorkerLost as lost:
+                self.rollout.await_restart(lost.worker, f"the sync of weight version {version}")
+        else:
+            raise RemoteCallError(f"weight version {version} could not reach the rollout workers: they kept dying ({self.cluster.rollout_max_restarts + 1} tries)")
         self.version = version
         return SyncResult(version, time.perf_counter() - start, received)
 
@@ -90,7 +113,10 @@ class WeightSync:
             self.formed = True
             return received
         except RemoteCallError as err:
+            if isinstance(err, ActorDied) and err.index < len(receive):
+                raise WorkerLost(str(err), err.index) from err
             if isinstance(err, ActorDied):
+                self.learners.wait(send, self.cluster.sync_timeout_s, what)  # names the learner's node
                 raise
             # The first error may be the sender's ("timed out"): say which receivers stopped.
             unfinished = [name for name, ref in zip(self.rollout.names, receive) if not ray.wait([ref], timeout=0)[0]]
@@ -99,9 +125,16 @@ class WeightSync:
     def _push(self, version: int, indices: list[int] | None) -> int:
         """Object-store transport: export once, load on the workers (all, or `indices`)."""
         weights, all_ranks = self.learners.export_weights()
-        received = self.rollout.load_weights(weights, version, indices)
+        what = f"learners to export weight version {version}"
+        try:
+            received = self.rollout.load_weights(weights, version, indices)
+        except ActorDied as err:
+            raise WorkerLost(str(err), (indices or range(len(self.rollout.workers)))[err.index]) from err
+        except RemoteCallError:
+            self.learners.wait(all_ranks, self.cluster.sync_timeout_s, what)  # a lost learner is the cause: say so
+            raise
         # Ranks other than 0 return nothing, but their gather must have finished too.
-        wait_all(all_ranks, self.cluster.sync_timeout_s, f"learners to export weight version {version}", self.learners.names)
+        self.learners.wait(all_ranks, self.cluster.sync_timeout_s, what)
         return received
 
     def restore(self, index: int) -> None:

@@ -3,6 +3,7 @@
     python -m launch.train --config launch/configs/smollm2-gsm8k.yaml [key=value ...]
     python -m launch.train --resume runs/smollm2-gsm8k        # continue from its last checkpoint
     python -m launch.train --resume auto [--config ...]       # ... of the newest run of the config's name
+    python -m launch.train --plan [--config ...]              # where each actor would run; starts nothing
 
 Everything the job reads is checked first (config keys and types, data, model, resume folder), so
 bad input ends with one readable line before any actor starts.
@@ -22,7 +23,7 @@ from curriculum.report import table, write_report
 from curriculum.run_dir import CheckpointError, RunDir
 from cluster.typed_config import ConfigError, describe, load_config
 from launch.job_config import JobConfig
-from learner.models import ModelError, check_frozen_layers, resolve_model
+from learner.models import ModelError, check_frozen_layers, model_shape, resolve_model
 
 DEFAULT_CONFIG = "launch/configs/smollm2-gsm8k.yaml"
 
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file (default: %(default)s)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest complete checkpoint; 'auto' = the newest resumable run of the config's run.name")
     parser.add_argument("--stop-after-stage", type=int, choices=(1, 2, 3), default=3, help="end the job after this stage (resume it later with --resume)")
+    parser.add_argument("--plan", action="store_true", help="connect to the cluster, reserve the layout, print each actor's node and a memory estimate, release it and exit")
     parser.add_argument("--help-config", action="store_true", help="print every config key with its default and help, then exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.group_size=4")
     return parser.parse_args(argv)
@@ -94,11 +96,36 @@ def fit_prompts(cfg: JobConfig, model_path: str, train: list, evaluation: list) 
     return train, evaluation
 
 
+def show_plan(args: argparse.Namespace) -> int:
+    """`--plan`: the config and the model's shape are read (not its weights, nor the data)."""
+    from launch.plan import plan
+
+    try:
+        cfg = load_config(JobConfig, args.config, args.overrides)
+        shape = model_shape(cfg.model.path)
+    except (ConfigError, ModelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    init_ray(cfg)
+    try:
+        text, problem = plan(cfg, shape, cfg.model.path)
+    except PlacementError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(text)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.help_config:
         print(describe(JobConfig))
         return 0
+    if args.plan:
+        return show_plan(args)
     try:
         cfg, run, checkpoint, model_path, train, evaluation = prepare(args)
     except (ConfigError, DataError, ModelError, PromptTooLong) as err:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ray
 
 from cluster.config import ClusterConfig
-from cluster.placement import Placement
-from cluster.remote import RemoteCallError, wait_all
+from cluster.placement import Placement, describe_node
+from cluster.remote import ActorDied, RemoteCallError, wait_all
 from learner.batching import Sequence, shard, with_signal
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
@@ -39,6 +39,8 @@ class LearnerGroup:
             actor.options(**placement.options("learner", rank, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})).remote(rank, self.size, model_path, cfg, grpo)
             for rank in range(self.size)
         ]
+        # Where each rank runs, kept from the start: once a node dies its bundles may move or vanish.
+        self.nodes = [placement.node_id("learner", rank) for rank in range(self.size)]
         master_addr, master_port = self._call("address", what="learner-0 to pick a rendezvous address", ranks=[0])[0]
         self._call("setup", master_addr, master_port, pad_id, what="the learner group to form its process group", timeout=cfg.init_timeout_s)
 
@@ -48,7 +50,16 @@ class LearnerGroup:
             getattr(self.actors[r], method).remote(*((per_rank[r],) if per_rank is not None else ()), *args)
             for r in targets
         ]
-        return wait_all(refs, timeout or self.cluster.call_timeout_s, what, [self.names[r] for r in targets])
+        return self.wait(refs, timeout or self.cluster.call_timeout_s, what, list(targets))
+
+    def wait(self, refs: list[ray.ObjectRef], timeout: float, what: str, ranks: list[int] | None = None) -> list:
+        """Results of calls to `ranks` (default all); a dead learner is named with its node."""
+        ranks = list(range(self.size)) if ranks is None else ranks
+        try:
+            return wait_all(refs, timeout, what, [self.names[r] for r in ranks])
+        except ActorDied as err:
+            # A learner is not restarted (its ZeRO shard is gone with it): say where it ran.
+            raise ActorDied(f"{err}; it ran on node {describe_node(self.nodes[ranks[err.index]])}", err.index) from err
 
     def sft_step(self, sequences: list[Sequence], lr: float | None = None) -> dict[str, float]:
         """One SFT update at `lr` (None: `learner.sft_lr`)."""

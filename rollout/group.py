@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import ray
 
 from cluster.config import ClusterConfig
-from cluster.placement import Placement
+from cluster.placement import Placement, describe_node
 from cluster.remote import ActorDied, settle, wait_all
 from rollout.config import RolloutConfig
 from rollout.engine import Completion
@@ -44,7 +44,7 @@ class PendingGeneration:
 class RolloutGroup:
     def __init__(self, placement: Placement, run: str, model_path: str, cfg: RolloutConfig, cluster: ClusterConfig, seed: int):
         actor = ray.remote(RolloutWorker)
-        self.cfg, self.cluster = cfg, cluster
+        self.cfg, self.cluster, self.placement = cfg, cluster, placement
         self.names = [f"rollout-{i}" for i in range(cfg.num_workers)]
         self.workers = [
             actor.options(
@@ -100,6 +100,12 @@ class RolloutGroup:
         return self.workers[index].generate.remote(pending.chunks[index], *pending.args)
 
     def _recover(self, index: int, what: str) -> None:
+        """Worker `index` died: wait for its restart, then bring it to the current weights."""
+        self.await_restart(index, what)
+        if self.restore is not None:
+            self.restore(index)
+
+    def await_restart(self, index: int, what: str) -> None:
         """Wait for Ray to restart worker `index` (it fails here once its restarts are used up)."""
         self.restarts += 1
         logging.getLogger(__name__).warning("%s died during %s; waiting for its restart (%d so far)", self.names[index], what, self.restarts)
@@ -112,8 +118,8 @@ class RolloutGroup:
                 if not err.restarting or time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)  # calls are refused while Ray brings it back
-        if self.restore is not None:
-            self.restore(index)
+        node = self.placement.node_id("rollout", index)
+        logging.getLogger(__name__).warning("%s is back, on node %s", self.names[index], describe_node(node) if node else "?")
 
     def load_weights(self, weights: ray.ObjectRef, version: int, indices: list[int] | None = None) -> int:
         """The workers (all, or `indices`) load the weights behind `weights`; returns the bytes each received."""

@@ -66,24 +66,6 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
         load_config(JobConfig, bad)
 
 
-def test_placement_refuses_more_than_the_cluster_has():
-    from cluster.config import ClusterConfig
-    from cluster.placement import PlacementError, bundles_for, check_fits
-
-    cfg = ClusterConfig(cpus_per_learner=1, cpus_per_rollout=1)
-    bundles, learners, rollouts = bundles_for(2, 1, cfg)
-    assert len(bundles) == 3 and learners == [0, 1] and rollouts == [2]
-    check_fits(bundles, {"CPU": 3})
-    with pytest.raises(PlacementError, match="needs 3 CPUs but the Ray cluster has 2"):
-        check_fits(bundles, {"CPU": 2})
-    shared = ClusterConfig(gpus_per_learner=0.5, gpus_per_rollout=0.5, colocate=True)
-    bundles, learners, rollouts = bundles_for(2, 2, shared)
-    assert bundles == [{"CPU": 2.0, "GPU": 1.0}] * 2 and learners == rollouts == [0, 1]
-    check_fits(bundles, {"CPU": 8, "GPU": 2})
-    with pytest.raises(PlacementError, match="needs 2 GPUs"):
-        check_fits(bundles, {"CPU": 8, "GPU": 1})
-
-
 @dataclass
 class _Inner:
     mode: Literal["a", "b"] = option("a", "Mode a or b.")

@@ -1,0 +1,267 @@
+"""The cluster path on several Ray nodes of one machine (`ray.cluster_utils.Cluster`): each node has
+its own raylet and object store, so placement by labels, weights crossing object stores, node loss
+and the per-node metrics endpoint are all real. Health checks are shortened so that a removed node
+is noticed in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["cluster.learner_labels={pool: train}", "cluster.rollout_labels={pool: rollout}"]
+NODE = {"object_store_memory": 80 * 2**20}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(monkeypatch_module):
+    from ray.cluster_utils import Cluster
+
+    # Fake GPUs fail to start on a node that sees CUDA_VISIBLE_DEVICES; none is used here.
+    monkeypatch_module.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    dashboard = free_port()
+    head = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard, **NODE,
+        "_system_config": {
+            "health_check_period_ms": 1000, "health_check_failure_threshold": 3, "health_check_timeout_ms": 5000,
+            "health_check_initial_delay_ms": 0, "metrics_report_interval_ms": 1000,
+        },
+    })
+    head.dashboard_url = f"http://127.0.0.1:{dashboard}"
+    yield head
+    head.shutdown()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def train(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "launch.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
+    """8 GPU bundles on 2 nodes x 4 declared GPUs (no CUDA touched): placed and sized; on 7 GPUs refused."""
+    model = write_qwen25_3b_config(tmp_path)
+    nodes = [cluster.add_node(num_cpus=16, num_gpus=4, **NODE) for _ in range(2)]
+    try:
+        args = ["--plan", "--config", "launch/configs/qwen2.5-3b-paper.yaml", f"model.path={model}", f"cluster.address={cluster.address}"]
+        start = time.perf_counter()
+        fits = train(*args)
+        print(fits.stdout, f"({time.perf_counter() - start:.1f} s)")
+        assert fits.returncode == 0, fits.stderr[-3000:]
+        rows = [line for line in fits.stdout.splitlines() if re.match(r"(learner|rollout)-\d ", line)]
+        assert len(rows) == 8 and "3.09 B parameters" in fits.stdout and fits.stdout.rstrip().endswith("the reservation is released.")
+        learner_nodes = {row.split()[1] for row in rows[:4]}
+        assert len(learner_nodes) == 1  # PACK: the 4 learners share one node, the 4 engines the other
+        # bf16 ZeRO-2 over 4: weights 2P, gradients 2P/4, optimizer 12P/4 (P = 3.09e9)
+        assert "weights 5.7 + gradients 1.4 + optimizer 8.6 = 15.8 GiB of 80.0 GiB" in rows[0]
+        assert "weights 5.7 + kv cache 62.3 = 68.0 GiB" in rows[4]
+        too_big = train(*args, "learner.zero_stage=1", "learner.num_learners=1", "rollout.num_workers=7", "cluster.gpu_memory_gb=24")
+        assert too_big.returncode == 2 and "error: learner-0 needs about 46.0 GiB per GPU before activations, but a GPU has 24.0 GiB" in too_big.stderr
+        cluster.remove_node(nodes.pop())
+        nodes.append(cluster.add_node(num_cpus=16, num_gpus=3, **NODE))
+        short = train(*args)
+        errors = [line for line in short.stderr.splitlines() if line.startswith("error:")]
+        assert short.returncode == 2 and errors == ["error: the layout needs 8 GPUs but the Ray cluster has 7 (3 node(s)); lower learner.num_learners / rollout.num_workers or the cluster.*_per_* resources, or add nodes"], short.stderr[-2000:]
+        assert "plan for" not in short.stdout
+    finally:
+        for node in nodes:
+            cluster.remove_node(node)
+
+
+def write_qwen25_3b_config(folder: Path) -> Path:
+    """Qwen2.5-3B's config.json (its published shape): --plan reads the config alone."""
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 2048, "intermediate_size": 11008,
+        "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936,
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+        "hidden_act": "silu", "torch_dtype": "bfloat16",
+    }))
+    return folder
+
+
+def records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def scrape(cluster) -> dict[tuple[str, str], float]:
+    """Every `bridge_*` gauge of every node's Prometheus endpoint: {(name, stage): value}."""
+    found = {}
+    for node in cluster.list_all_nodes():
+        try:
+            text = urllib.request.urlopen(f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics", timeout=5).read().decode()
+        except OSError:
+            continue
+        for name, labels, value in re.findall(r"^(?:ray_)?(bridge_\w+)\{([^}]*)\} (\S+)$", text, re.M):
+            stage = re.search(r'stage="([^"]*)"', labels)
+            found[(name, stage.group(1) if stage else "")] = float(value)
+    return found
+
+
+class Watcher(threading.Thread):
+    """Follows the run's metrics.jsonl while the job runs and acts at set points: the metrics scrape
+    once stage 1 is over, the rollout node's removal after stage-2 step 1, the learner node's after
+    the stage-2 step-2 checkpoint."""
+
+    def __init__(self, cluster, run_dir: Path, learner_node, rollout_nodes: list):
+        super().__init__(daemon=True)
+        self.cluster, self.run_dir, self.learner_node, self.rollout_nodes = cluster, run_dir, learner_node, rollout_nodes
+        self.done, self.events, self.scraped, self.error = threading.Event(), {}, {}, None
+
+    def run(self):
+        try:
+            self._follow()
+        except Exception as err:  # reported by the test
+            self.error = err
+
+    def _follow(self):
+        while not self.done.is_set():
+            grpo = [r for r in records(self.run_dir) if r["stage"] == "grpo"]
+            if grpo and "scraped" not in self.events:
+                self.scraped = scrape(self.cluster)
+                if ("bridge_loss", "sft") in self.scraped:
+                    self.events["scraped"] = time.time()
+            if grpo and "rollout_node_removed" not in self.events:
+                current = actor_nodes(self.cluster, self.run_dir.name)["rollout-0"][-1]
+                self.cluster.remove_node(next(n for n in self.rollout_nodes if n.node_id == current), allow_graceful=False)
+                self.events["rollout_node_removed"], self.removed_rollout_node = time.time(), current
+            if any(r.get("rollout_restarts", 0) >= 1 for r in grpo) and "restarted_step" not in self.events:
+                self.events["restarted_step"] = min(r["time"] for r in grpo if r.get("rollout_restarts", 0) >= 1)
+            checkpoints = self.run_dir / "checkpoints"
+            if "learner_node_removed" not in self.events and checkpoints.is_dir() and any(p.name.endswith("grpo-step2") for p in checkpoints.iterdir()):
+                self.cluster.remove_node(self.learner_node, allow_graceful=False)
+                self.events["learner_node_removed"] = time.time()
+            time.sleep(0.2)
+
+
+def actor_nodes(cluster, run: str) -> dict[str, list[str]]:
+    """From Ray's state API: actor name -> the node of each actor of that name (dead ones included;
+    an actor that Ray restarted is listed once, where it runs now)."""
+    from ray.util.state import list_actors
+
+    out: dict[str, list[str]] = {}
+    for actor in list_actors(address=cluster.dashboard_url, limit=1000, detail=True, raise_on_missing_output=False):
+        if actor.name and actor.name.startswith(f"{run}/"):
+            out.setdefault(actor.name.split("/", 1)[1], []).append(actor.node_id)
+    return out
+
+
+def engine_matches_checkpoint(run_dir: Path, checkpoint: Path, label: str) -> int:
+    """The run's greedy evaluation `label` (vLLM, synced weights) equals transformers' greedy
+    decoding of the checkpoint saved at that point; returns how many problems were compared."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cluster.typed_config import load_config
+    from curriculum.data import load_problems
+    from curriculum.prompter import Prompter
+    from curriculum.tasks import build_eval_task
+    from launch.job_config import JobConfig
+
+    cfg = load_config(JobConfig, run_dir / "config.yaml")
+    samples = [json.loads(line) for line in (run_dir / "eval" / f"{label}.jsonl").read_text().splitlines()]
+    problems = load_problems(cfg.data.eval, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_eval).problems[: len(samples)]
+    prompter = Prompter(AutoTokenizer.from_pretrained(checkpoint), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    for problem, sample in zip(problems, samples):
+        assert sample["question"] == problem.question
+        ids = torch.tensor([prompter.prompt_ids(build_eval_task(problem))])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg.rollout.eval_max_new_tokens, do_sample=False, pad_token_id=prompter.pad_id)
+        generated = out[0, ids.shape[1]:].tolist()
+        if prompter.decode(generated) == sample["completion"]:
+            continue
+        # Where the two differ, the two best logits must tie (within 1e-2: vLLM's CPU kernels and
+        # transformers' drift ~1e-3 apart over a long fp32 prompt and may break a tie either way);
+        # an engine on other weights differs by far more, from the first token on.
+        k = next(k for k in range(len(generated)) if not sample["completion"].startswith(prompter.decode(generated[: k + 1])))
+        with torch.no_grad():
+            logits = model(torch.tensor([ids[0].tolist() + generated[:k]])).logits[0, -1]
+        top = torch.topk(logits, 2).values
+        assert (top[0] - top[1]).item() < 1e-2, (k, prompter.decode(generated), sample["completion"])
+    return len(samples)
+
+
+def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir, tmp_path):
+    """The tiny run with its learners on a node labelled pool=train and its rollout worker on one
+    labelled pool=rollout (a spare one waiting). During stage 2 the rollout worker's node is
+    removed: the step completes on the spare node. Then the learners' node is removed: the job ends
+    with one error naming the actor and its node, and the resume command; `--resume auto` on the
+    repaired cluster finishes every stage. Gauges are scraped from the nodes' metrics endpoints."""
+    learner = cluster.add_node(num_cpus=1, labels={"pool": "train"}, **NODE)
+    rollout = [cluster.add_node(num_cpus=1, labels={"pool": "rollout"}, **NODE) for _ in range(2)]
+    args = [
+        "--config", "launch/configs/tiny.yaml", f"model.path={tiny_model_dir}", f"run.output_dir={tmp_path}",
+        f"cluster.address={cluster.address}", *LABELS, "stages.grpo_steps=4", "stages.save_every=2",
+    ]
+    run_dir = tmp_path / "tiny"
+    job = subprocess.Popen([sys.executable, "-m", "launch.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = Watcher(cluster, run_dir, learner, rollout)
+    watcher.start()
+    try:
+        stdout, stderr = job.communicate(timeout=900)
+    finally:
+        watcher.done.set()
+        job.kill()
+    assert watcher.error is None, watcher.error
+    started = time.time()
+
+    # The learners' node died: one error with the actor, its node and the way back.
+    assert job.returncode == 1, stdout[-2000:] + stderr[-3000:]
+    error = stderr[stderr.index("error: learner-"):]
+    assert re.search(r"learner-\d: the actor died during .*; it ran on node \S+/" + learner.node_id[:8] + r" \[pool=train\] \(dead\)", error), error
+    assert f"its last checkpoint is 000004-grpo-step2. Continue it with: python -m launch.train --resume {run_dir}" in error
+
+    # The rollout worker's node died in stage 2: the step completed on the spare node.
+    grpo = [r for r in records(run_dir) if r["stage"] == "grpo"]
+    assert [r["rollout_restarts"] for r in grpo[:2]] == [0, 1], grpo
+    node_loss_s = watcher.events["restarted_step"] - watcher.events["rollout_node_removed"]
+    print(f"rollout node removed -> its stage-2 step logged: {node_loss_s:.1f} s")
+    assert "rollout-0 is back, on node" in stderr
+
+    # The metrics endpoint served the stage-1 gauges, equal to metrics.jsonl's last SFT record.
+    last_sft = [r for r in records(run_dir) if r["stage"] == "sft"][-1]
+    assert watcher.scraped, "no bridge_* gauge on any node's metrics endpoint"
+    for key in ("loss", "grad_norm", "learner_s", "step_s"):
+        assert watcher.scraped[(f"bridge_{key}", "sft")] == pytest.approx(last_sft[key], rel=1e-6), key
+
+    # Repaired: a new learner node; --resume auto finishes every stage.
+    learner_again = cluster.add_node(num_cpus=1, labels={"pool": "train"}, **NODE)
+    resumed = train("--resume", "auto", *args)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "resuming from 000004-grpo-step2" in resumed.stdout
+    print(f"resume: {time.time() - started:.0f} s")
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints[-1] == "000007-stage3-rewrite", checkpoints
+
+    # Ray's state API: every learner ran on pool=train nodes, the rollout worker on pool=rollout ones.
+    labels = {n.node_id: lbl for n, lbl in [(learner, "train"), (learner_again, "train"), *((r, "rollout") for r in rollout)]}
+    placed = actor_nodes(cluster, "tiny")
+    assert {name for name in placed} >= {"learner-0", "learner-1", "rollout-0"}, placed
+    for name, node_ids in placed.items():
+        wanted = "train" if name.startswith("learner") else "rollout"
+        assert all(labels[node] == wanted for node in node_ids), (name, node_ids)
+    assert watcher.removed_rollout_node not in placed["rollout-0"]  # restarted on the spare node, resumed there
+
+    # The weights crossed object stores (learner node -> rollout node): the engine's greedy
+    # evaluation after stage 3 is what transformers decodes from the final checkpoint.
+    assert engine_matches_checkpoint(run_dir, run_dir / "checkpoints" / checkpoints[-1], "after-stage3") == 4
