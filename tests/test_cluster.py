@@ -139,7 +139,7 @@ class Watcher(threading.Thread):
             grpo = [r for r in records(self.run_dir) if r["stage"] == "grpo"]
             if grpo and "scraped" not in self.events:
                 self.scraped = scrape(self.cluster)
-                if ("bridge_loss", "sft") in self.scraped:
+                if {("bridge_loss", "sft"), ("bridge_reward_mean", "grpo")} <= set(self.scraped):
                     self.events["scraped"] = time.time()
             if grpo and "rollout_node_removed" not in self.events:
                 current = actor_nodes(self.cluster, self.run_dir.name)["rollout-0"][-1]
@@ -243,6 +243,11 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
     assert watcher.scraped, "no bridge_* gauge on any node's metrics endpoint"
     for key in ("loss", "grad_norm", "learner_s", "step_s"):
         assert watcher.scraped[(f"bridge_{key}", "sft")] == pytest.approx(last_sft[key], rel=1e-6), key
+
+    # Every curve of the shipped Grafana dashboard is a gauge the nodes serve (the mining ones come later).
+    dashboard = json.loads((ROOT / "launch" / "grafana" / "bridge-distill.json").read_text())
+    curves = {re.search(r"ray_(bridge_\w+)", t["expr"]).group(1) for panel in dashboard["panels"] for t in panel["targets"]}
+    assert curves - {"bridge_persistent_failures", "bridge_failure_rate"} <= {name for name, _ in watcher.scraped}
 
     # Repaired: a new learner node; --resume auto finishes every stage.
     learner_again = cluster.add_node(num_cpus=1, labels={"pool": "train"}, **NODE)
