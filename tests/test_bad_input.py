@@ -113,3 +113,8 @@ def test_impossible_placement(tiny_model_dir, out):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "error: the layout needs 5 CPUs but the Ray cluster has 2" in result.stderr
     assert not out.exists()
+    labelled = subprocess.run([*command[:-2], "cluster.rollout_labels={pool: rollout}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    errors = [line for line in labelled.stderr.splitlines() if line.startswith("error:")]
+    assert labelled.returncode == 2 and len(errors) == 1, labelled.stderr[-3000:]
+    assert errors[0].startswith("error: no Ray node carries the labels pool=rollout (the nodes' labels: (none))")
+    assert not out.exists()
