@@ -42,14 +42,15 @@ def _time_of(line: str) -> float:
 
 
 class MetricsSink:
-    def __init__(self, run_dir: Path, run_name: str, use_ray_metrics: bool = True, resume_from: Path | None = None):
+    def __init__(self, run_dir: Path, run_name: str, use_ray_metrics: bool = True, resumed_at: tuple[float, int] | None = None):
+        """`resumed_at`: (when the checkpoint resumed from was saved, its global step)."""
         from torch.utils.tensorboard import SummaryWriter
 
         purge_step = None
-        if resume_from is not None:
-            state = resume_from / "state.json"
-            set_aside_after(run_dir, state.stat().st_mtime)
-            purge_step = json.loads(state.read_text())["global_step"] + 1
+        if resumed_at is not None:
+            saved_at, global_step = resumed_at
+            set_aside_after(run_dir, saved_at)
+            purge_step = global_step + 1
         self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
         self.run_name = run_name

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -37,6 +36,7 @@ from curriculum.data import Problem
 from curriculum.evaluation import evaluate, mine_failures
 from curriculum.faults import NonFiniteStreak
 from curriculum.prompter import Prompter
+from cluster.storage import local_copy
 from curriculum.run_dir import RunDir, RunState
 from curriculum.stages import STAGE_NAMES, batch_indices, problem_length, sampling_seed, sft_tasks, step_rng
 from curriculum.tasks import build_completion_task, build_rewrite_task, mask_ratio_at
@@ -45,25 +45,30 @@ from learner.schedule import sft_learning_rate
 from rollout.group import RolloutGroup
 
 
+def _tokenizer_file(name: str) -> bool:
+    """Of a checkpoint on shared storage, what the controller fetches: no weights, no optimizer state."""
+    return not name.startswith("deepspeed/") and not name.endswith(".safetensors")
+
+
 class Controller:
     def __init__(
         self, cfg, run: RunDir, model_path: str, train: list[Problem], evaluation: list[Problem],
-        resume_from: Path | None = None, stop_after_stage: int = 3,
+        resume_from: str | None = None, stop_after_stage: int = 3,
     ):
         from transformers import AutoTokenizer
 
         self.cfg, self.run, self.train, self.evaluation = cfg, run, train, evaluation
         self.train_lengths = [problem_length(p) for p in train]
         self.stop_after_stage = stop_after_stage
-        self.state = RunDir.read_state(resume_from) if resume_from else RunState()
+        self.state = run.read_state(resume_from) if resume_from else RunState()
         start_path = str(resume_from) if resume_from else model_path
-        self.tokenizer = AutoTokenizer.from_pretrained(start_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(local_copy(start_path, cfg.storage, _tokenizer_file))
         self.prompter = Prompter(self.tokenizer, cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
         self.nonfinite = NonFiniteStreak(cfg.learner.max_nonfinite_updates)
-        self.metrics = MetricsSink(run.path, cfg.run.name, resume_from=resume_from)
+        self.metrics = MetricsSink(run.path, cfg.run.name, resumed_at=(self.state.saved_at, self.state.global_step) if resume_from else None)
         self.placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster)
-        self.learners = LearnerGroup(self.placement, run.path.name, start_path, cfg.learner, cfg.grpo, cfg.cluster, self.prompter.pad_id)
-        self.rollout = RolloutGroup(self.placement, run.path.name, start_path, cfg.rollout, cfg.cluster, cfg.run.seed)
+        self.learners = LearnerGroup(self.placement, run.path.name, start_path, cfg.learner, cfg.grpo, cfg.cluster, self.prompter.pad_id, cfg.storage)
+        self.rollout = RolloutGroup(self.placement, run.path.name, start_path, cfg.rollout, cfg.cluster, cfg.run.seed, cfg.storage)
         self.weight_sync = WeightSync(self.learners, self.rollout)
         # The next GRPO step's groups, when they were generated during this step (`grpo.overlap_rollout`);
         # never saved: a resumed run samples that step again with the weights it resumes from.
@@ -99,6 +104,7 @@ class Controller:
         self.rollout.shutdown()
         self.placement.remove()
         self.metrics.close()
+        self.run.publish()
 
     # ------------------------------------------------------------------------------------------
 
@@ -116,6 +122,7 @@ class Controller:
             metrics["nonfinite_updates"] = self.nonfinite.total
             self.metrics.log(self.state.global_step, name, metrics)
             self._log_step(stage, budget, metrics)
+            self.run.publish()
             self.nonfinite.check(f"stage {stage} step {self.state.stage_step}")
             bar.update()
             every = self.cfg.stages.save_every
@@ -184,6 +191,7 @@ class Controller:
             "mined_problems": len(problems), "persistent_failures": len(failures),
             "failure_rate": len(failures) / max(1, len(problems)), "mining_s": time.perf_counter() - start,
         })
+        self.run.publish()
         self._log(f"persistent failures: {len(failures)} of {len(problems)}")
 
     def _evaluate(self, label: str) -> None:
@@ -194,15 +202,17 @@ class Controller:
         (self.run.path / "eval").mkdir(exist_ok=True)
         self.run.write_jsonl(f"eval/{label}.jsonl", result.samples)
         self.metrics.log(self.state.global_step, "eval", {"label": label, **result.metrics()})
+        self.run.publish()
         self._log(f"eval {label}: accuracy {result.accuracy:.3f}, mean tokens {result.mean_tokens:.1f}, format {result.format_rate:.2f} (n={result.n})")
 
-    def _checkpoint(self, label: str, stage_end: bool) -> Path:
+    def _checkpoint(self, label: str, stage_end: bool) -> None:
         state = dataclasses.replace(self.state, stage_end=stage_end)
+        start = time.perf_counter()
         folder = self.run.begin_checkpoint(state, label)
-        self.learners.save(str(folder))
-        final = self.run.commit_checkpoint(folder, state, self.tokenizer, self.cfg.stages.keep_last)
-        self._log(f"checkpoint {final}")
-        return final
+        sent = self.learners.save(str(folder))
+        final = self.run.commit_checkpoint(folder, state, self.tokenizer, self.cfg.stages.keep_last, self.cfg.stages.keep_optimizer_state)
+        uploaded = f", {sent['bytes'] / 2**20:.0f} MiB uploaded in {sent['upload_s']:.1f}s" if sent["bytes"] else ""
+        self._log(f"checkpoint {final} ({time.perf_counter() - start:.1f}s{uploaded})")
 
     # ------------------------------------------------------------------------------------------
 

@@ -8,14 +8,18 @@
       checkpoints/<NNNNNN>-<stage>/   a save_pretrained folder + tokenizer + deepspeed/ + state.json
 
 A checkpoint is written under `<folder>.tmp` and renamed once complete (state.json last), so a
-crash mid-save never leaves a folder that looks complete.
+crash mid-save never leaves a folder that looks complete. Only the newest `keep_optimizer`
+checkpoints keep deepspeed/ (what a resume needs); the others keep weights and tokenizer.
+A run folder on object storage (`curriculum/remote_run.py`) follows the same rules without renames.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +39,7 @@ class RunState:
     version: int = 0
     failures: list[int] | None = None
     stage_end: bool = False
+    saved_at: float = 0.0  # the controller's clock when the checkpoint was committed
 
 
 # The last line of a run's config.yaml: without it the file was cut short.
@@ -45,9 +50,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from: a file is missing or damaged."""
 
 
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """What makes a committed checkpoint unusable, naming the file; None when it is whole. Cheap:
-    JSON files parsed, safetensors headers read (they must cover the whole file), no tensor loaded."""
+def checkpoint_problem(checkpoint: Path, optimizer: bool = True) -> str | None:
+    """What makes a committed checkpoint unusable, naming the file; None when it is whole (without
+    `optimizer`, whole as a model: its deepspeed/ may have been dropped). Cheap: JSON files parsed,
+    safetensors headers read (they must cover the whole file), no tensor loaded."""
     try:
         RunDir.read_state(checkpoint)
     except FileNotFoundError:
@@ -65,15 +71,23 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     problem = weights_problem(checkpoint)
     if problem is not None:
         return problem
-    if not (checkpoint / "deepspeed").is_dir():
+    if optimizer and not (checkpoint / "deepspeed").is_dir():
         return "deepspeed/ (the optimizer state) is missing"
     return None
 
 
 class RunDir:
     def __init__(self, path: Path):
-        self.path = path
+        self.path = path  # where metrics and reports are written as the run goes
         self.checkpoints = path / "checkpoints"
+
+    @property
+    def location(self) -> str:
+        """Where the run lives, as --resume takes it."""
+        return str(self.path)
+
+    def publish(self) -> None:
+        """Make the files written so far visible where the run lives (here they already are)."""
 
     @classmethod
     def create(cls, output_dir: str, name: str, cfg) -> "RunDir":
@@ -114,7 +128,7 @@ class RunDir:
         resumable = [(c, r) for c, r in resumable if c is not None]
         if not resumable:
             raise FileNotFoundError(f"--resume auto: no run named {name!r} with a complete checkpoint under {base}/")
-        return max(resumable, key=lambda item: (item[0] / "state.json").stat().st_mtime)[1]
+        return max(resumable, key=lambda item: cls.read_state(item[0]).saved_at)[1]
 
     def committed_checkpoints(self) -> list[Path]:
         """Every checkpoint that was committed (renamed from `.tmp`), oldest first: the folder name
@@ -123,9 +137,12 @@ class RunDir:
             return []
         return sorted(p for p in self.checkpoints.iterdir() if p.is_dir() and not p.name.endswith(".tmp") and (p / "state.json").exists())
 
-    def complete_checkpoints(self) -> list[Path]:
+    def problem(self, checkpoint, optimizer: bool = True) -> str | None:
+        return checkpoint_problem(checkpoint, optimizer)
+
+    def complete_checkpoints(self, optimizer: bool = True) -> list:
         """The committed checkpoints whose files are whole (see `checkpoint_problem`)."""
-        return [p for p in self.committed_checkpoints() if checkpoint_problem(p) is None]
+        return [p for p in self.committed_checkpoints() if self.problem(p, optimizer) is None]
 
     def latest_checkpoint(self) -> Path | None:
         found = self.complete_checkpoints()
@@ -137,7 +154,7 @@ class RunDir:
         committed = self.committed_checkpoints()
         if not committed:
             return None
-        problem = checkpoint_problem(committed[-1])
+        problem = self.problem(committed[-1])
         if problem is None:
             return committed[-1]
         earlier = self.latest_checkpoint()
@@ -146,7 +163,13 @@ class RunDir:
 
     @staticmethod
     def read_state(checkpoint: Path) -> RunState:
-        return RunState(**json.loads((checkpoint / "state.json").read_text()))
+        state = RunState(**json.loads((checkpoint / "state.json").read_text()))
+        return state if state.saved_at else dataclasses.replace(state, saved_at=(checkpoint / "state.json").stat().st_mtime)
+
+    def discard_uncommitted(self) -> None:
+        """Remove what a save cut short left behind (a resumed run never reads it)."""
+        for folder in self.checkpoints.glob("*.tmp") if self.checkpoints.is_dir() else []:
+            shutil.rmtree(folder)
 
     def begin_checkpoint(self, state: RunState, label: str) -> Path:
         folder = self.checkpoints / f"{state.global_step:06d}-{label}.tmp"
@@ -155,7 +178,8 @@ class RunDir:
         folder.mkdir(parents=True)
         return folder
 
-    def commit_checkpoint(self, folder: Path, state: RunState, tokenizer, keep_last: int) -> Path:
+    def commit_checkpoint(self, folder: Path, state: RunState, tokenizer, keep_last: int, keep_optimizer: int = 1) -> Path:
+        state = dataclasses.replace(state, saved_at=time.time())
         tokenizer.save_pretrained(folder)
         tmp_state = folder / "state.json.tmp"
         tmp_state.write_text(json.dumps(asdict(state), indent=1))
@@ -164,14 +188,21 @@ class RunDir:
         if final.exists():
             shutil.rmtree(final)
         os.replace(folder, final)
-        self._prune(keep_last)
+        self._prune(keep_last, keep_optimizer)
         return final
 
-    def _prune(self, keep_last: int) -> None:
-        """Keep every stage-end checkpoint and the last `keep_last` periodic ones."""
-        periodic = [p for p in self.complete_checkpoints() if not self.read_state(p).stage_end]
+    def _prune(self, keep_last: int, keep_optimizer: int) -> None:
+        """Keep every stage-end checkpoint and the last `keep_last` periodic ones; of those, only
+        the newest `keep_optimizer` (0 = all) keep their optimizer state."""
+        periodic = [p for p in self.complete_checkpoints(optimizer=False) if not self.read_state(p).stage_end]
         for old in periodic[: max(0, len(periodic) - keep_last)]:
-            shutil.rmtree(old)
+            self._delete(old)
+        resumable = self.complete_checkpoints()
+        for old in resumable[: max(0, len(resumable) - keep_optimizer)] if keep_optimizer else []:
+            self._delete(old, "deepspeed")
+
+    def _delete(self, checkpoint: Path, part: str = "") -> None:
+        shutil.rmtree(checkpoint / part if part else checkpoint)
 
     def write_jsonl(self, name: str, rows: list[dict]) -> Path:
         path = self.path / name

@@ -27,6 +27,7 @@ class StagesConfig:
     eval_problems: int = option(64, "Evaluation slice (greedy) before stage 1 and at the end of every stage (0 = none).")
     save_every: int = option(0, "Also checkpoint every N steps within a stage (0 = only at stage ends).")
     keep_last: int = option(2, "Periodic checkpoints to keep (stage-end checkpoints are always kept).")
+    keep_optimizer_state: int = option(1, "How many of the newest checkpoints keep their DeepSpeed optimizer state, which a resume needs (for a 3B model ~36 GB each); the older ones keep weights and tokenizer only. 0 = every checkpoint keeps it.")
 
 
 STAGE_NAMES = {1: "sft", 2: "grpo", 3: "rewrite"}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cluster.config import ClusterConfig
+from cluster.storage import StorageConfig
 from curriculum.data import DataConfig
 from curriculum.rewards import RewardConfig
 from curriculum.stages import StagesConfig
@@ -19,7 +20,7 @@ from rollout.config import RolloutConfig
 @dataclass
 class RunConfig:
     name: str = option("run", "Run name; the run folder is <output_dir>/<name> (then -2, -3, ... if it exists).")
-    output_dir: str = option("runs", "Folder that holds run folders (config, metrics, checkpoints).")
+    output_dir: str = option("runs", "Where run folders go (config, metrics, checkpoints): a local or shared folder, or a URI every node can reach (s3://bucket/prefix, gs://, hdfs://, file://) with the storage section's options.")
     seed: int = option(0, "Seed of every random choice: data order, masking, sampling.")
 
 
@@ -42,6 +43,7 @@ class JobConfig:
     learner: LearnerConfig = section(LearnerConfig, "The DeepSpeed ZeRO learner group.")
     rollout: RolloutConfig = section(RolloutConfig, "The vLLM rollout workers.")
     cluster: ClusterConfig = section(ClusterConfig, "Ray resources, placement and timeouts.")
+    storage: StorageConfig = section(StorageConfig, "Object storage options when run.output_dir is a URI (credentials come from each node's environment).")
 
     def __post_init__(self):
         positive = {
@@ -56,6 +58,8 @@ class JobConfig:
                 raise ConfigError(f"config key '{key}' must be at least 1, got {value}")
         if not 0.0 <= self.learner.sft_decay_fraction <= 1.0:
             raise ConfigError(f"config key 'learner.sft_decay_fraction' must be within [0, 1], got {self.learner.sft_decay_fraction}")
+        if self.stages.keep_optimizer_state < 0:
+            raise ConfigError(f"config key 'stages.keep_optimizer_state' must be at least 0 (0 = every checkpoint), got {self.stages.keep_optimizer_state}")
         if self.learner.sft_warmup_steps < 0:
             raise ConfigError(f"config key 'learner.sft_warmup_steps' must be at least 0, got {self.learner.sft_warmup_steps}")
         if self.stages.sft_batch_size < self.learner.num_learners:

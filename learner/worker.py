@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
 import socket
 import time
 from contextlib import nullcontext
@@ -17,6 +19,7 @@ from datetime import timedelta
 import torch
 
 from cluster.packed_weights import PackedWeights, pack
+from cluster.storage import StorageConfig, Store, is_uri, local_copy, upload_scratch
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
@@ -44,9 +47,11 @@ def free_address() -> tuple[str, int]:
 
 
 class LearnerWorker:
-    def __init__(self, rank: int, world_size: int, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig):
+    def __init__(self, rank: int, world_size: int, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, storage: StorageConfig | None = None):
         self.rank, self.world_size = rank, world_size
-        self.model_path, self.cfg, self.grpo = model_path, cfg, grpo
+        self.storage = storage or StorageConfig()
+        # A checkpoint on shared storage is fetched to this node once, with this rank's shards only.
+        self.model_path, self.cfg, self.grpo = local_copy(model_path, self.storage, self._needs), cfg, grpo
         torch.set_num_threads(cfg.torch_threads)
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.engine = None
@@ -274,8 +279,27 @@ class LearnerWorker:
             self.weight_group = None
             raise
 
-    def save(self, folder: str) -> None:
-        """A `save_pretrained` folder (rank 0) plus the DeepSpeed state to resume (every rank)."""
+    def _needs(self, name: str) -> bool:
+        """Of a checkpoint's files, those this rank loads: all but the other ranks' ZeRO shards."""
+        shard = re.search(r"zero_pp_rank_(\d+)_", name)
+        return shard is None or int(shard.group(1)) == self.rank
+
+    def save(self, folder: str) -> dict[str, float]:
+        """A `save_pretrained` folder (rank 0) plus the DeepSpeed state to resume (every rank). To a
+        URI, each rank writes to its node's scratch and uploads its own part; the controller commits."""
+        if not is_uri(folder):
+            self._write_checkpoint(folder)
+            return {"bytes": 0.0, "upload_s": 0.0}
+        local = upload_scratch(self.storage, f"rank{self.rank}")
+        try:
+            self._write_checkpoint(str(local))
+            start = time.perf_counter()
+            sent = Store.open(folder, self.storage).upload(local)
+            return {"bytes": float(sent), "upload_s": time.perf_counter() - start}
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    def _write_checkpoint(self, folder: str) -> None:
         state = self._on_rank0(self.engine.module.state_dict)
         if self.rank == 0:
             bad = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
@@ -285,6 +309,7 @@ class LearnerWorker:
         self.engine.save_checkpoint(os.path.join(folder, "deepspeed"), tag="state")
 
     def load(self, folder: str) -> None:
+        folder = local_copy(folder, self.storage, self._needs)
         path, _ = self.engine.load_checkpoint(os.path.join(folder, "deepspeed"), tag="state")
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state under {folder}/deepspeed")

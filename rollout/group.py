@@ -16,6 +16,7 @@ import ray
 from cluster.config import ClusterConfig
 from cluster.placement import Placement, describe_node
 from cluster.remote import ActorDied, settle, wait_all
+from cluster.storage import StorageConfig
 from rollout.config import RolloutConfig
 from rollout.engine import Completion
 from rollout.worker import RolloutWorker
@@ -42,7 +43,10 @@ class PendingGeneration:
 
 
 class RolloutGroup:
-    def __init__(self, placement: Placement, run: str, model_path: str, cfg: RolloutConfig, cluster: ClusterConfig, seed: int):
+    def __init__(
+        self, placement: Placement, run: str, model_path: str, cfg: RolloutConfig, cluster: ClusterConfig, seed: int,
+        storage: StorageConfig | None = None,
+    ):
         actor = ray.remote(RolloutWorker)
         self.cfg, self.cluster, self.placement = cfg, cluster, placement
         self.names = [f"rollout-{i}" for i in range(cfg.num_workers)]
@@ -50,7 +54,7 @@ class RolloutGroup:
             actor.options(
                 **placement.options("rollout", i, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)}),
                 max_restarts=cluster.rollout_max_restarts,
-            ).remote(i, model_path, cfg, seed, cluster.transport() == "collective")
+            ).remote(i, model_path, cfg, seed, cluster.transport() == "collective", storage)
             for i in range(cfg.num_workers)
         ]
         self.restarts = 0

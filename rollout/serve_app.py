@@ -50,8 +50,11 @@ def build_app(model_path: str, cfg: ServeConfig):
     @serve.ingress(app)
     class StudentServer:
         def __init__(self, model_path: str, cfg: ServeConfig):
+            from cluster.storage import StorageConfig, local_copy
             from rollout.streaming import StreamingEngine
 
+            # A checkpoint URI is fetched by each replica to its own node (model files only).
+            model_path = local_copy(model_path, StorageConfig(), lambda name: not name.startswith("deepspeed/"))
             self.api = OpenAIServer(StreamingEngine(model_path, cfg.engine, cfg.seed), cfg.name, cfg.default_max_tokens)
 
         @app.get("/health")

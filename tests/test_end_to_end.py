@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,37 +76,64 @@ def test_resume_after_stage1_does_not_repeat_it(tiny_model_dir, tmp_path):
     assert list(report["evaluations"]) == ["before", "after-stage1", "after-stage2", "after-stage3"]
 
 
-def test_kill_9_in_stage2_then_resume_auto(tiny_model_dir, tmp_path):
-    """The job is killed (SIGKILL, whole process group) after stage-2 step 3 began, one step past
-    its periodic checkpoint; `--resume auto` continues from that checkpoint and its first step
-    draws the batch (problems, masks, prompts) that the interrupted run drew."""
+def test_kill_9_in_stage2_then_resume_auto_from_s3(tiny_model_dir, tmp_path, s3_endpoint):
+    """The run lives in a bucket (a loopback S3 server). The job is killed (SIGKILL, whole process
+    group) after stage-2 step 3 began, one step past its periodic checkpoint, and its node's scratch
+    is deleted, as if the node were gone; `--resume auto` against the bucket continues from that
+    checkpoint, and its first step draws the batch (problems, masks, prompts) the interrupted run drew."""
+    from transformers import AutoModelForCausalLM
+
+    from cluster.storage import StorageConfig, Store, local_copy
+
     secret = "hf_do_not_log_me_123"
-    args = [*tiny_args(tiny_model_dir, tmp_path), "stages.grpo_steps=4", "stages.save_every=2"]
+    scratch = tmp_path / "scratch"
+    storage = StorageConfig(endpoint=s3_endpoint, scratch_dir=str(scratch))
+    args = [
+        *tiny_args(tiny_model_dir, "s3://bridge/e2e"), f"storage.endpoint={s3_endpoint}", f"storage.scratch_dir={scratch}",
+        "stages.grpo_steps=4", "stages.save_every=2",
+    ]
     command = [sys.executable, "-m", "launch.train", *args]
     env = {**os.environ, "HF_TOKEN": secret}
     job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    run_dir = tmp_path / "tiny"
+    run = Store.open("s3://bridge/e2e/tiny", storage)
+
+    def bucket_records():
+        return [json.loads(line) for line in run.read_bytes("metrics.jsonl").decode().splitlines()] if run.exists("metrics.jsonl") else []
+
     deadline = time.monotonic() + 600
     try:
-        while not any(r["stage"] == "grpo" and r["step"] == 5 for r in (records(run_dir) if (run_dir / "metrics.jsonl").is_file() else [])):
+        while not any(r["stage"] == "grpo" and r["step"] == 5 for r in bucket_records()):
             assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-3000:] if job.poll() is not None else "timed out"
-            time.sleep(0.2)
+            time.sleep(0.5)
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
-    interrupted = {r["step"]: r for r in records(run_dir) if r["stage"] == "grpo"}
-    assert not (run_dir / "checkpoints" / "000006-stage2-grpo").exists()
+    interrupted = {r["step"]: r for r in bucket_records() if r["stage"] == "grpo"}
+    assert "000006-stage2-grpo" not in run.folders("checkpoints")
+    shutil.rmtree(scratch)  # the node and its disk are gone; only the bucket remains
 
     result = subprocess.run([sys.executable, "-m", "launch.train", "--resume", "auto", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert "resuming from 000004-grpo-step2" in result.stdout and "stage 2, step 2" in result.stdout
-    resumed = {r["step"]: r for r in records(run_dir) if r["stage"] == "grpo"}
+    assert "run folder: s3://bridge/e2e/tiny (resuming from 000004-grpo-step2)" in result.stdout and "stage 2, step 2" in result.stdout
+    assert "MiB uploaded in" in result.stdout
+    resumed = {r["step"]: r for r in bucket_records() if r["stage"] == "grpo"}
     assert sorted(resumed) == [3, 4, 5, 6]  # the step logged after the checkpoint was set aside, then redone
     assert resumed[5]["batch_digest"] == interrupted[5]["batch_digest"]
-    set_aside = [json.loads(line) for line in (run_dir / "metrics.interrupted.jsonl").read_text().splitlines()]
+    set_aside = [json.loads(line) for line in run.read_bytes("metrics.interrupted.jsonl").decode().splitlines()]
     assert [r["step"] for r in set_aside] == [5]
-    assert (run_dir / "checkpoints" / "000007-stage3-rewrite").is_dir()
-    for path in run_dir.rglob("*"):
-        if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
-    assert secret not in result.stdout + result.stderr
+    checkpoints = run.folders("checkpoints")
+    assert checkpoints == ["000002-stage1-sft", "000004-grpo-step2", "000006-stage2-grpo", "000007-stage3-rewrite"], checkpoints
+    # Optimizer state is kept where a resume can use it: the newest checkpoint only.
+    assert [c for c in checkpoints if any(f.startswith("deepspeed/") for f in run.files(f"checkpoints/{c}"))] == ["000007-stage3-rewrite"]
+    report = json.loads(run.read_bytes("report.json"))
+    assert list(report["evaluations"]) == ["before", "after-stage1", "after-stage2", "after-stage3"]
+    assert {"config.yaml", "failures.jsonl", "report.png", "eval/after-stage3.jsonl"} <= set(run.files())
+    final = local_copy(run.uri_of("checkpoints/000007-stage3-rewrite"), storage, lambda name: not name.startswith("deepspeed/"))
+    assert AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).config.num_hidden_layers == 2
+    # No credential reaches the bucket, the config echo or the logs.
+    for name in run.files():
+        data = run.read_bytes(name)
+        for value in (secret, os.environ["AWS_SECRET_ACCESS_KEY"]):
+            assert value.encode() not in data, name
+    for value in (secret, os.environ["AWS_SECRET_ACCESS_KEY"]):
+        assert value not in result.stdout + result.stderr

@@ -27,7 +27,7 @@ class _Cfg:
     seed: int = 0
 
 
-def _checkpoint(run: RunDir, step: int, label: str, stage_end: bool = False, keep_last: int = 2):
+def _checkpoint(run: RunDir, step: int, label: str, stage_end: bool = False, keep_last: int = 2, keep_optimizer: int = 1):
     """What the learner writes, in miniature: weights, model config, optimizer state."""
     state = RunState(stage=2, stage_step=step, global_step=step, stage_end=stage_end)
     folder = run.begin_checkpoint(state, label)
@@ -35,7 +35,7 @@ def _checkpoint(run: RunDir, step: int, label: str, stage_end: bool = False, kee
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (folder / "deepspeed").mkdir()
     (folder / "deepspeed" / "latest").write_text("state")
-    return run.commit_checkpoint(folder, state, _Tokenizer(), keep_last)
+    return run.commit_checkpoint(folder, state, _Tokenizer(), keep_last, keep_optimizer)
 
 
 def test_half_written_checkpoint_is_never_picked(tmp_path):
@@ -51,8 +51,13 @@ def test_periodic_checkpoints_pruned_stage_ends_kept(tmp_path):
     _checkpoint(run, 1, "stage1-sft", stage_end=True)
     for step in (2, 3, 4):
         _checkpoint(run, step, f"grpo-step{step}")
-    names = [p.name for p in run.complete_checkpoints()]
+    names = [p.name for p in run.complete_checkpoints(optimizer=False)]
     assert names == ["000001-stage1-sft", "000003-grpo-step3", "000004-grpo-step4"]
+    # Only the newest keeps the optimizer state (what a resume needs); the others are models.
+    assert [p.name for p in run.complete_checkpoints()] == ["000004-grpo-step4"]
+    assert not (run.checkpoints / "000001-stage1-sft" / "deepspeed").exists()
+    _checkpoint(run, 5, "grpo-step5", keep_optimizer=0)  # 0: every checkpoint keeps it from now on
+    assert [p.name for p in run.complete_checkpoints()] == ["000004-grpo-step4", "000005-grpo-step5"]
 
 
 def test_resume_auto_picks_the_newest_resumable_run(tmp_path):
@@ -95,7 +100,7 @@ def test_non_finite_streak_stops_after_the_limit():
 def test_damaged_checkpoint_is_never_chosen(tmp_path):
     run = RunDir.create(str(tmp_path), "r", _Cfg())
     good = _checkpoint(run, 2, "grpo-step2")
-    newest = _checkpoint(run, 4, "grpo-step4")
+    newest = _checkpoint(run, 4, "grpo-step4", keep_optimizer=2)
     whole = (newest / "model.safetensors").read_bytes()
     (newest / "model.safetensors").write_bytes(whole[: len(whole) // 2])  # a copy cut short
     assert run.latest_checkpoint() == good  # --resume auto passes over it
