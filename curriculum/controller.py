@@ -67,8 +67,8 @@ class Controller:
         self.nonfinite = NonFiniteStreak(cfg.learner.max_nonfinite_updates)
         self.metrics = MetricsSink(run.path, cfg.run.name, resumed_at=(self.state.saved_at, self.state.global_step) if resume_from else None)
         self.placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster)
-        self.learners = LearnerGroup(self.placement, run.path.name, start_path, cfg.learner, cfg.grpo, cfg.cluster, self.prompter.pad_id, cfg.storage)
-        self.rollout = RolloutGroup(self.placement, run.path.name, start_path, cfg.rollout, cfg.cluster, cfg.run.seed, cfg.storage)
+        self.learners = LearnerGroup(self.placement, run.name, start_path, cfg.learner, cfg.grpo, cfg.cluster, self.prompter.pad_id, cfg.storage)
+        self.rollout = RolloutGroup(self.placement, run.name, start_path, cfg.rollout, cfg.cluster, cfg.run.seed, cfg.storage)
         self.weight_sync = WeightSync(self.learners, self.rollout)
         # The next GRPO step's groups, when they were generated during this step (`grpo.overlap_rollout`);
         # never saved: a resumed run samples that step again with the weights it resumes from.

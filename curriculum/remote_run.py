@@ -30,7 +30,8 @@ MANIFEST = "manifest.json"
 class RemoteRunDir(RunDir):
     def __init__(self, store: Store, storage: StorageConfig):
         digest = hashlib.sha1(store.uri.encode()).hexdigest()[:12]
-        super().__init__(scratch_root(storage) / "runs" / f"{digest}-{store.uri.rsplit('/', 1)[-1]}")
+        # The working copy keeps the run's own folder name (reports are titled with it).
+        super().__init__(scratch_root(storage) / "runs" / digest / store.uri.rsplit("/", 1)[-1])
         self.store, self.storage = store, storage
         self.published: dict[str, tuple[int, int]] = {}  # file -> (size, mtime_ns) last uploaded
 

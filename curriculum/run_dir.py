@@ -86,6 +86,11 @@ class RunDir:
         """Where the run lives, as --resume takes it."""
         return str(self.path)
 
+    @property
+    def name(self) -> str:
+        """The run folder's name (`run.name`, or `name-2`, ...); actors are named after it."""
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
     def publish(self) -> None:
         """Make the files written so far visible where the run lives (here they already are)."""
 

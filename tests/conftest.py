@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny Llama with a real tokenizer, and one local Ray for the session."""
+"""Shared fixtures: a tiny Llama with a real tokenizer, one local Ray and one loopback S3 server for the session."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Credentials for the loopback S3 server (moto accepts any); set before any Ray starts, so that
+# every node and actor reads them from its environment, as on a real cluster.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "bridge-test-key")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bridge-test-secret-do-not-log")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
 def smollm2_gguf() -> Path | None:
@@ -53,47 +58,12 @@ def ray_session():
     ray.shutdown()
 
 
-# Credentials for the loopback S3 server (moto accepts any); set before any Ray starts, so that
-# every node and actor reads them from its environment, as on a real cluster.
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "bridge-test-key")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bridge-test-secret-do-not-log")
-os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
-
-def start_s3_server(env: dict | None = None):
-    """A moto S3 server on a free loopback port, in its own process: (process, endpoint URL)."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
-            return server, endpoint
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "the moto S3 server did not start"
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """One loopback S3 server for the session, with the bucket 'bridge'."""
-    import pyarrow.fs as pafs
+    from benchmarks.loopback_s3 import start_s3_server
 
-    server, endpoint = start_s3_server()
-    fs = pafs.S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http", region="us-east-1", allow_bucket_creation=True)
-    fs.create_dir("bridge")
+    server, endpoint = start_s3_server(bucket="bridge")
     yield endpoint
     server.kill()
     server.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -99,9 +100,9 @@ def write_qwen25_3b_config(folder: Path) -> Path:
     return folder
 
 
-def records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+def records(run) -> list[dict]:
+    """metrics.jsonl of the run folder `run` (a Store: the run lives in a bucket)."""
+    return [json.loads(line) for line in run.read_bytes("metrics.jsonl").decode().splitlines() if line.strip()] if run.exists("metrics.jsonl") else []
 
 
 def scrape(cluster) -> dict[tuple[str, str], float]:
@@ -123,9 +124,9 @@ class Watcher(threading.Thread):
     once stage 1 is over, the rollout node's removal after stage-2 step 1, the learner node's after
     the stage-2 step-2 checkpoint."""
 
-    def __init__(self, cluster, run_dir: Path, learner_node, rollout_nodes: list):
+    def __init__(self, cluster, run, learner_node, rollout_nodes: list):
         super().__init__(daemon=True)
-        self.cluster, self.run_dir, self.learner_node, self.rollout_nodes = cluster, run_dir, learner_node, rollout_nodes
+        self.cluster, self.bucket, self.learner_node, self.rollout_nodes = cluster, run, learner_node, rollout_nodes
         self.done, self.events, self.scraped, self.error = threading.Event(), {}, {}, None
 
     def run(self):
@@ -136,19 +137,19 @@ class Watcher(threading.Thread):
 
     def _follow(self):
         while not self.done.is_set():
-            grpo = [r for r in records(self.run_dir) if r["stage"] == "grpo"]
+            grpo = [r for r in records(self.bucket) if r["stage"] == "grpo"]
             if grpo and "scraped" not in self.events:
                 self.scraped = scrape(self.cluster)
                 if {("bridge_loss", "sft"), ("bridge_reward_mean", "grpo")} <= set(self.scraped):
                     self.events["scraped"] = time.time()
             if grpo and "rollout_node_removed" not in self.events:
-                current = actor_nodes(self.cluster, self.run_dir.name)["rollout-0"][-1]
+                current = actor_nodes(self.cluster, "tiny")["rollout-0"][-1]
                 self.cluster.remove_node(next(n for n in self.rollout_nodes if n.node_id == current), allow_graceful=False)
                 self.events["rollout_node_removed"], self.removed_rollout_node = time.time(), current
             if any(r.get("rollout_restarts", 0) >= 1 for r in grpo) and "restarted_step" not in self.events:
                 self.events["restarted_step"] = min(r["time"] for r in grpo if r.get("rollout_restarts", 0) >= 1)
-            checkpoints = self.run_dir / "checkpoints"
-            if "learner_node_removed" not in self.events and checkpoints.is_dir() and any(p.name.endswith("grpo-step2") for p in checkpoints.iterdir()):
+            committed = [name for name in self.bucket.folders("checkpoints") if self.bucket.exists(f"checkpoints/{name}/state.json")]
+            if "learner_node_removed" not in self.events and any(name.endswith("grpo-step2") for name in committed):
                 self.cluster.remove_node(self.learner_node, allow_graceful=False)
                 self.events["learner_node_removed"] = time.time()
             time.sleep(0.2)
@@ -201,21 +202,28 @@ def engine_matches_checkpoint(run_dir: Path, checkpoint: Path, label: str) -> in
     return len(samples)
 
 
-def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir, tmp_path):
+def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir, tmp_path, s3_endpoint):
     """The tiny run with its learners on a node labelled pool=train and its rollout worker on one
-    labelled pool=rollout (a spare one waiting). During stage 2 the rollout worker's node is
-    removed: the step completes on the spare node. Then the learners' node is removed: the job ends
-    with one error naming the actor and its node, and the resume command; `--resume auto` on the
-    repaired cluster finishes every stage. Gauges are scraped from the nodes' metrics endpoints."""
+    labelled pool=rollout (a spare one waiting); the run lives in a bucket, written by the learners'
+    node (checkpoints) and the head, where the controller runs (metrics). During stage 2 the rollout
+    worker's node is removed: the step completes on the spare node. Then the learners' node is
+    removed, with the nodes' scratch: the job ends with one error naming the actor and its node,
+    and the resume command; `--resume auto` on the repaired cluster finishes every stage from the
+    bucket. Gauges are scraped from the nodes' metrics endpoints."""
+    from cluster.storage import StorageConfig, Store, local_copy
+
     learner = cluster.add_node(num_cpus=1, labels={"pool": "train"}, **NODE)
     rollout = [cluster.add_node(num_cpus=1, labels={"pool": "rollout"}, **NODE) for _ in range(2)]
+    scratch = tmp_path / "scratch"
+    storage = StorageConfig(endpoint=s3_endpoint, scratch_dir=str(scratch))
     args = [
-        "--config", "launch/configs/tiny.yaml", f"model.path={tiny_model_dir}", f"run.output_dir={tmp_path}",
+        "--config", "launch/configs/tiny.yaml", f"model.path={tiny_model_dir}", "run.output_dir=s3://bridge/cluster",
+        f"storage.endpoint={s3_endpoint}", f"storage.scratch_dir={scratch}",
         f"cluster.address={cluster.address}", *LABELS, "stages.grpo_steps=4", "stages.save_every=2",
     ]
-    run_dir = tmp_path / "tiny"
+    run = Store.open("s3://bridge/cluster/tiny", storage)
     job = subprocess.Popen([sys.executable, "-m", "launch.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    watcher = Watcher(cluster, run_dir, learner, rollout)
+    watcher = Watcher(cluster, run, learner, rollout)
     watcher.start()
     try:
         stdout, stderr = job.communicate(timeout=900)
@@ -229,17 +237,17 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
     assert job.returncode == 1, stdout[-2000:] + stderr[-3000:]
     error = stderr[stderr.index("error: learner-"):]
     assert re.search(r"learner-\d: the actor died during .*; it ran on node \S+/" + learner.node_id[:8] + r" \[pool=train\] \(dead\)", error), error
-    assert f"its last checkpoint is 000004-grpo-step2. Continue it with: python -m launch.train --resume {run_dir}" in error
+    assert "its last checkpoint is 000004-grpo-step2. Continue it with: python -m launch.train --resume s3://bridge/cluster/tiny" in error
 
     # The rollout worker's node died in stage 2: the step completed on the spare node.
-    grpo = [r for r in records(run_dir) if r["stage"] == "grpo"]
+    grpo = [r for r in records(run) if r["stage"] == "grpo"]
     assert [r["rollout_restarts"] for r in grpo[:2]] == [0, 1], grpo
     node_loss_s = watcher.events["restarted_step"] - watcher.events["rollout_node_removed"]
     print(f"rollout node removed -> its stage-2 step logged: {node_loss_s:.1f} s")
     assert "rollout-0 is back, on node" in stderr
 
     # The metrics endpoint served the stage-1 gauges, equal to metrics.jsonl's last SFT record.
-    last_sft = [r for r in records(run_dir) if r["stage"] == "sft"][-1]
+    last_sft = [r for r in records(run) if r["stage"] == "sft"][-1]
     assert watcher.scraped, "no bridge_* gauge on any node's metrics endpoint"
     for key in ("loss", "grad_norm", "learner_s", "step_s"):
         assert watcher.scraped[(f"bridge_{key}", "sft")] == pytest.approx(last_sft[key], rel=1e-6), key
@@ -249,13 +257,15 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
     curves = {re.search(r"ray_(bridge_\w+)", t["expr"]).group(1) for panel in dashboard["panels"] for t in panel["targets"]}
     assert curves - {"bridge_persistent_failures", "bridge_failure_rate"} <= {name for name, _ in watcher.scraped}
 
-    # Repaired: a new learner node; --resume auto finishes every stage.
+    # Repaired: a new learner node, and no node keeps anything on disk; --resume auto finishes
+    # every stage from what the bucket holds.
+    shutil.rmtree(scratch)
     learner_again = cluster.add_node(num_cpus=1, labels={"pool": "train"}, **NODE)
     resumed = train("--resume", "auto", *args)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resuming from 000004-grpo-step2" in resumed.stdout
     print(f"resume: {time.time() - started:.0f} s")
-    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    checkpoints = run.folders("checkpoints")
     assert checkpoints[-1] == "000007-stage3-rewrite", checkpoints
 
     # Ray's state API: every learner ran on pool=train nodes, the rollout worker on pool=rollout ones.
@@ -269,4 +279,6 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
 
     # The weights crossed object stores (learner node -> rollout node): the engine's greedy
     # evaluation after stage 3 is what transformers decodes from the final checkpoint.
-    assert engine_matches_checkpoint(run_dir, run_dir / "checkpoints" / checkpoints[-1], "after-stage3") == 4
+    run.download(tmp_path / "run", wanted=lambda name: not name.startswith("checkpoints/"))
+    final = local_copy(run.uri_of(f"checkpoints/{checkpoints[-1]}"), storage, lambda name: not name.startswith("deepspeed/"))
+    assert engine_matches_checkpoint(tmp_path / "run", Path(final), "after-stage3") == 4

@@ -1,6 +1,7 @@
 """Evaluation and the embedded model: scoring, the evaluate command, GGUF conversion."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,13 +49,18 @@ def test_scores_known_answers():
     assert mine_failures(CannedRollout(), prompter, problems, k=2, temperature=1.0, max_tokens=16) == [2]
 
 
-def test_evaluate_command_on_tiny_model(tiny_model_dir, tmp_path):
+def test_evaluate_command_on_tiny_model(tiny_model_dir, tmp_path, s3_endpoint):
+    """The model is read from a bucket (a loopback S3 server), its endpoint from the environment."""
+    from cluster.storage import StorageConfig, Store
+
+    Store.open("s3://bridge/models/tiny", StorageConfig(endpoint=s3_endpoint)).upload(Path(tiny_model_dir))
     data = tmp_path / "five.jsonl"
     rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"} for i in range(5)]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "eval"
-    command = [sys.executable, "-m", "launch.evaluate", "--model", tiny_model_dir, "--data", str(data), "--out", str(out), "--max-new-tokens", "16"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-m", "launch.evaluate", "--model", "s3://bridge/models/tiny", "--data", str(data), "--out", str(out), "--max-new-tokens", "16"]
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "eval.json").read_text())
     assert summary["n"] == 5 and 0.0 <= summary["accuracy"] <= 1.0 and summary["mean_tokens"] > 0

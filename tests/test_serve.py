@@ -151,14 +151,19 @@ def test_generated_request_bodies_get_2xx_or_4xx(server, endpoint):
     assert any(code >= 400 for code in seen)
 
 
-def test_sigterm_stops_the_server_promptly(tiny_model_dir):
-    """SIGTERM with a stream open: the process exits 0 within the bound, the port is closed, and no
-    process it started (Ray, the replica and its engine) is left."""
+def test_sigterm_stops_the_server_promptly(tiny_model_dir, s3_endpoint):
+    """The model is served from a bucket (a loopback S3 server; the replica fetches it). SIGTERM with
+    a stream open: the process exits 0 within the bound, the port is closed, and no process it
+    started (Ray, the replica and its engine) is left."""
     import psutil
 
+    from cluster.storage import StorageConfig, Store
+
+    Store.open("s3://bridge/models/served", StorageConfig(endpoint=s3_endpoint)).upload(Path(tiny_model_dir))
     port = _free_port()
-    command = [sys.executable, "-m", "launch.serve", "--model", tiny_model_dir, f"port={port}", "engine.dtype=float32", "engine.max_model_len=512"]
-    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "launch.serve", "--model", "s3://bridge/models/served", f"port={port}", "engine.dtype=float32", "engine.max_model_len=512"]
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint}
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while True:

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from benchmarks.loopback_s3 import start_s3_server
 from cluster.storage import StorageConfig, StorageError, Store, local_copy
-from conftest import start_s3_server
 from curriculum.remote_run import RemoteRunDir, find_latest_run
 from curriculum.run_dir import RunState
 from launch.train import main
