@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -161,16 +162,23 @@ class Store:
 
     def check_writable(self, what: str) -> None:
         """Refuse, in one line, storage this job could not write to: a missing bucket, an endpoint
-        that does not answer, no permission. A small probe file is written and deleted."""
+        that does not answer, no permission, a server that alters what it stores. A small probe file
+        is written, read back and deleted."""
         probe = f".write-probe-{os.getpid()}"
         try:
-            if is_uri(self.uri) and urlsplit(self.uri).scheme == "s3":
+            if isinstance(self.fs, pafs.S3FileSystem):  # no folders to create, but the bucket must exist
                 bucket = self.root.split("/", 1)[0]
                 if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
                     raise StorageError(f"{what} {self.uri}: the bucket '{bucket}' does not exist")
-            self.fs.create_dir(self.root, recursive=True)
+            else:
+                self.fs.create_dir(self.root, recursive=True)
             self.write_bytes(probe, b"probe")
+            stored = self.read_bytes(probe)
             self.delete(probe)
+            if stored != b"probe":
+                # Seen with anonymous access: the client frames the body (aws-chunked) and a server
+                # that does not decode it stores the frame, so every file would come back altered.
+                raise StorageError(f"{what} {self.uri}: a 5-byte probe file came back as {len(stored)} different bytes; the server does not store uploads as sent (with S3-compatible servers this happens without credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
         except OSError as err:
             reason = _reason(err)
             if "NETWORK_CONNECTION" in reason or "Could not connect" in reason or "curlCode" in reason:
@@ -178,6 +186,16 @@ class Store:
             elif "ACCESS_DENIED" in reason or "Permission denied" in reason:
                 reason = f"no permission to write there ({reason})"
             raise StorageError(f"{what} {self.uri}: {reason}") from None
+
+
+@contextmanager
+def storage_errors(what: str):
+    """An OSError of the storage (left after pyarrow's own retries) as one StorageError saying what
+    was being done, so that the run stops with a readable line and its resume command."""
+    try:
+        yield
+    except OSError as err:
+        raise StorageError(f"{what}: {_reason(err)}") from None
 
 
 def local_copy(location: str, cfg: StorageConfig, wanted: Callable[[str], bool] | None = None) -> str:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 import yaml
 
-from cluster.storage import StorageConfig, Store, is_uri, scratch_root, upload_scratch
+from cluster.storage import StorageConfig, Store, is_uri, scratch_root, storage_errors, upload_scratch
 from cluster.typed_config import to_dict
 from curriculum.run_dir import CONFIG_END, RunDir, RunState
 
@@ -86,10 +86,11 @@ class RemoteRunDir(RunDir):
 
     def publish(self) -> None:
         """Upload the files of the working copy that changed since they were last uploaded."""
-        for name, stamp in self._local_files().items():
-            if self.published.get(name) != stamp:
-                self.store.write_bytes(name, (self.path / name).read_bytes())
-                self.published[name] = stamp
+        with storage_errors(f"cannot upload the run's files to {self.store.uri}"):
+            for name, stamp in self._local_files().items():
+                if self.published.get(name) != stamp:
+                    self.store.write_bytes(name, (self.path / name).read_bytes())
+                    self.published[name] = stamp
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -137,8 +138,9 @@ class RemoteRunDir(RunDir):
         """The checkpoint's URI, emptied of anything an earlier attempt left; state.json goes first,
         so that the folder stops counting as a checkpoint before any of its files change."""
         rel = f"checkpoints/{state.global_step:06d}-{label}"
-        self.store.delete(f"{rel}/state.json")
-        self.store.delete(rel)
+        with storage_errors(f"cannot prepare the checkpoint {self.store.uri_of(rel)}"):
+            self.store.delete(f"{rel}/state.json")
+            self.store.delete(rel)
         return self.store.uri_of(rel)
 
     def commit_checkpoint(self, folder: str, state: RunState, tokenizer, keep_last: int, keep_optimizer: int = 1) -> str:
@@ -146,13 +148,14 @@ class RemoteRunDir(RunDir):
         state = dataclasses.replace(state, saved_at=time.time())
         local = upload_scratch(self.storage, "tokenizer")
         try:
-            tokenizer.save_pretrained(local)
-            self.store.upload(local, rel)
+            with storage_errors(f"cannot commit the checkpoint {folder}"):
+                tokenizer.save_pretrained(local)
+                self.store.upload(local, rel)
+                self.store.write_bytes(f"{rel}/{MANIFEST}", json.dumps(self.store.files(rel), indent=1).encode())
+                self.store.write_bytes(f"{rel}/state.json", json.dumps(asdict(state), indent=1).encode())
+                self._prune(keep_last, keep_optimizer)
         finally:
             shutil.rmtree(local, ignore_errors=True)
-        self.store.write_bytes(f"{rel}/{MANIFEST}", json.dumps(self.store.files(rel), indent=1).encode())
-        self.store.write_bytes(f"{rel}/state.json", json.dumps(asdict(state), indent=1).encode())
-        self._prune(keep_last, keep_optimizer)
         return folder
 
     def _delete(self, checkpoint: str, part: str = "") -> None:

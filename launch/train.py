@@ -155,9 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run folder: {run.location}" + (f" (resuming from {checkpoint_name(checkpoint)})" if checkpoint else ""))
     try:
         Controller(cfg, run, model_path, train, evaluation, resume_from=checkpoint, stop_after_stage=args.stop_after_stage).run_all()
-    except (RemoteCallError, PlacementError, NumericalFault, FloatingPointError) as err:
-        latest = run.latest_checkpoint()
-        where = f"its last checkpoint is {checkpoint_name(latest)}" if latest else "it has no checkpoint yet"
+    except (RemoteCallError, PlacementError, NumericalFault, FloatingPointError, StorageError) as err:
+        try:
+            latest = run.latest_checkpoint()
+            where = f"its last checkpoint is {checkpoint_name(latest)}" if latest else "it has no checkpoint yet"
+        except OSError:  # the storage itself is what failed
+            where = "its checkpoints could not be listed"
         print(f"error: {err}\nThe run stopped; {where}. Continue it with: python -m launch.train --resume {run.location}", file=sys.stderr)
         return 1
     report = write_report(run.path)

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
+from benchmarks.loopback_s3 import use_test_credentials
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Credentials for the loopback S3 server (moto accepts any); set before any Ray starts, so that
-# every node and actor reads them from its environment, as on a real cluster.
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "bridge-test-key")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bridge-test-secret-do-not-log")
-os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Credentials for the loopback S3 server, set before any Ray starts, so that every node and actor
+# reads them from its environment, as on a real cluster.
+use_test_credentials()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def smollm2_gguf() -> Path | None:

@@ -6,10 +6,8 @@ is noticed in seconds."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,15 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["cluster.learner_labels={pool: train}", "cluster.rollout_labels={pool: rollout}"]
 NODE = {"object_store_memory": 80 * 2**20}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

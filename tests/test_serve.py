@@ -22,20 +22,17 @@ from launch.serve import start
 from rollout.config import RolloutConfig
 from rollout.serve_app import ServeConfig
 
+from conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(ray_session, tiny_model_dir):
     from ray import serve
 
-    cfg = ServeConfig(port=_free_port(), default_max_tokens=16, engine=RolloutConfig(dtype="float32", max_model_len=512))
+    cfg = ServeConfig(port=free_port(), default_max_tokens=16, engine=RolloutConfig(dtype="float32", max_model_len=512))
     url = start(tiny_model_dir, cfg)
     yield url
     serve.shutdown()
@@ -160,7 +157,7 @@ def test_sigterm_stops_the_server_promptly(tiny_model_dir, s3_endpoint):
     from cluster.storage import StorageConfig, Store
 
     Store.open("s3://bridge/models/served", StorageConfig(endpoint=s3_endpoint)).upload(Path(tiny_model_dir))
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "launch.serve", "--model", "s3://bridge/models/served", f"port={port}", "engine.dtype=float32", "engine.max_model_len=512"]
     env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint}
     job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

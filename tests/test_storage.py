@@ -159,7 +159,18 @@ def test_bad_storage_is_refused_before_any_actor(capsys, monkeypatch, s3_endpoin
     assert "the storage endpoint does not answer" in err
     err = _refused(capsys, *args, "run.output_dir=s3://AKIAEXAMPLE:hunter2secret@bridge/runs")
     assert "must not carry credentials" in err and "hunter2secret" not in err
-    assert "model not found: s3://bridge/no-model has no config.json" in _refused(capsys, f"model.path=s3://bridge/no-model", *args[1:], "run.output_dir=s3://bridge/runs")
+    assert "model not found: s3://bridge/no-model has no config.json" in _refused(capsys, "model.path=s3://bridge/no-model", *args[1:], "run.output_dir=s3://bridge/runs")
+
+    # No credentials, on a bucket open to anyone: the client frames its uploads (aws-chunked) and
+    # moto stores the frame; the probe reads it back and refuses.
+    import pyarrow.fs as pafs
+
+    with monkeypatch.context() as anonymous:
+        anonymous.delenv("AWS_ACCESS_KEY_ID")
+        anonymous.delenv("AWS_SECRET_ACCESS_KEY")
+        host = s3_endpoint.removeprefix("http://")
+        pafs.S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1", allow_bucket_creation=True).create_dir("open-to-all")
+        assert "the server does not store uploads as sent" in _refused(capsys, *args, "run.output_dir=s3://open-to-all/runs")
 
     # No write permission: a server that checks IAM, and the keys of a user that may only read.
     import boto3
@@ -188,3 +199,17 @@ def test_credentials_in_a_location_are_refused_without_echo():
     assert "topsecret" not in str(caught.value) and "credentials" in str(caught.value)
     with pytest.raises(StorageError, match="in its query"):
         Store.open("s3://bucket/x?secret_key=abc", StorageConfig())
+
+
+def test_storage_gone_mid_run_is_one_error(tmp_path):
+    """The server stops while a run writes to it: one StorageError saying what was being written."""
+    server, endpoint = start_s3_server(bucket="gone")
+    storage = StorageConfig(endpoint=endpoint, scratch_dir=str(tmp_path), connect_timeout_s=1)
+    run = RemoteRunDir.create("s3://gone/runs", "job", _Cfg(), storage)
+    server.kill()
+    server.wait()
+    (run.path / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(StorageError, match="cannot upload the run's files to s3://gone/runs/job: .*NETWORK_CONNECTION"):
+        run.publish()
+    with pytest.raises(StorageError, match="cannot prepare the checkpoint s3://gone/runs/job/checkpoints/000002-grpo-step2"):
+        run.begin_checkpoint(RunState(global_step=2), "grpo-step2")

@@ -12,17 +12,14 @@ import torch
 
 from cluster.weight_group import WeightGroup, WeightGroupError
 
+from conftest import free_port
+
 NAMES = ["learner-0", "rollout-0", "rollout-1"]
 
 
 def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _digest(tensor: torch.Tensor) -> str:
@@ -70,7 +67,7 @@ def _run_members(ports: list[int], absent: dict[int, int]) -> list:
 
 
 def test_group_reformed_broadcasts_exactly_and_leaks_nothing():
-    ports = [_free_port(), _free_port(), _free_port()]
+    ports = [free_port(), free_port(), free_port()]
     out = _run_members(ports, absent={})
     digests = {(rank, round_): value for rank, round_, kind, value in out if kind == "digest"}
     assert digests == {(rank, r): _digest(_payload(r)) for rank in range(3) for r in range(3)}
@@ -83,7 +80,7 @@ def test_group_reformed_broadcasts_exactly_and_leaks_nothing():
 
 def test_member_that_never_joins_is_named_within_the_deadline():
     start = time.monotonic()
-    out = _run_members([_free_port()], absent={2: 0})
+    out = _run_members([free_port()], absent={2: 0})
     assert time.monotonic() - start < 30
     errors = {rank: message for rank, _, kind, message in out if kind == "error"}
     assert errors[0] == "rollout-1 never joined the weight group within 4 s"
