@@ -79,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
                 learners.load(str(final))
                 restores.append(time.perf_counter() - start)
                 files = Store.open(str(final), storage).files()
+                print(f"  {name} #{step}: save {saves[-1]:.2f} s (upload {uploads[-1]:.2f} s), restore {restores[-1]:.2f} s", flush=True)
             weights, optimizer = _sizes(files)
             print(
                 f"{name:<8} {statistics.median(saves):7.2f} {statistics.median(uploads):9.2f} {statistics.median(restores):10.2f} "
-                f"{weights / 2**20:12.1f} {optimizer / 2**20:14.1f} {(weights + optimizer) / 2**20:10.1f}"
+                f"{weights / 2**20:12.1f} {optimizer / 2**20:14.1f} {(weights + optimizer) / 2**20:10.1f}", flush=True
             )
         learners.shutdown()
         placement.remove()

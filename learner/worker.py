@@ -23,7 +23,7 @@ from cluster.storage import StorageConfig, Store, is_uri, local_copy, upload_scr
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
-from learner.models import freeze_bottom_layers
+from learner.models import freeze_bottom_layers, resolve_on_node
 
 
 def resident_gib() -> float:
@@ -50,8 +50,8 @@ class LearnerWorker:
     def __init__(self, rank: int, world_size: int, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, storage: StorageConfig | None = None):
         self.rank, self.world_size = rank, world_size
         self.storage = storage or StorageConfig()
-        # A checkpoint on shared storage is fetched to this node once, with this rank's shards only.
-        self.model_path, self.cfg, self.grpo = local_copy(model_path, self.storage, self._needs), cfg, grpo
+        # Resolved on this node; a checkpoint on shared storage is fetched once, with this rank's shards only.
+        self.model_path, self.cfg, self.grpo = resolve_on_node(model_path, self.storage, self._needs), cfg, grpo
         torch.set_num_threads(cfg.torch_threads)
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.engine = None

@@ -50,11 +50,12 @@ def build_app(model_path: str, cfg: ServeConfig):
     @serve.ingress(app)
     class StudentServer:
         def __init__(self, model_path: str, cfg: ServeConfig):
-            from cluster.storage import StorageConfig, local_copy
+            from cluster.storage import StorageConfig
+            from learner.models import resolve_on_node
             from rollout.streaming import StreamingEngine
 
-            # A checkpoint URI is fetched by each replica to its own node (model files only).
-            model_path = local_copy(model_path, StorageConfig(), lambda name: not name.startswith("deepspeed/"))
+            # Each replica resolves the model on its own node (a checkpoint URI: model files only).
+            model_path = resolve_on_node(model_path, StorageConfig(), lambda name: not name.startswith("deepspeed/"))
             self.api = OpenAIServer(StreamingEngine(model_path, cfg.engine, cfg.seed), cfg.name, cfg.default_max_tokens)
 
         @app.get("/health")

@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from cluster.storage import StorageConfig, local_copy
+from cluster.storage import StorageConfig
+from learner.models import resolve_on_node
 from rollout.config import RolloutConfig
 from rollout.engine import Completion, RolloutEngine
 
@@ -14,8 +15,8 @@ from rollout.engine import Completion, RolloutEngine
 class RolloutWorker:
     def __init__(self, index: int, model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool = False, storage: StorageConfig | None = None):
         self.index = index
-        # A checkpoint on shared storage: its weights, config and tokenizer, fetched to this node once.
-        model_path = local_copy(model_path, storage or StorageConfig(), lambda name: not name.startswith("deepspeed/"))
+        # Resolved on this node; of a checkpoint on shared storage, its weights, config and tokenizer.
+        model_path = resolve_on_node(model_path, storage or StorageConfig(), lambda name: not name.startswith("deepspeed/"))
         # Distinct seeds so that the workers' groups are not copies of each other.
         self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index, weight_receiver=weight_receiver)
 
