@@ -115,6 +115,8 @@ class Store:
             return stream.read()
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        if not isinstance(self.fs, pafs.S3FileSystem):  # object stores have no folders to make
+            self.fs.create_dir(self._path(rel).rsplit("/", 1)[0], recursive=True)
         with self.fs.open_output_stream(self._path(rel)) as stream:
             stream.write(data)
 

@@ -213,3 +213,16 @@ def test_storage_gone_mid_run_is_one_error(tmp_path):
         run.publish()
     with pytest.raises(StorageError, match="cannot prepare the checkpoint s3://gone/runs/job/checkpoints/000002-grpo-step2"):
         run.begin_checkpoint(RunState(global_step=2), "grpo-step2")
+
+
+def test_file_uri_run_folder(tmp_path):
+    """file:// goes through the same pyarrow calls as s3:// (no server): commit, prune, resume."""
+    storage = StorageConfig(scratch_dir=str(tmp_path / "scratch"))
+    base = f"file://{tmp_path}/shared"
+    Store.open(base, storage).check_writable("run.output_dir")
+    run = RemoteRunDir.create(base, "job", _Cfg(), storage)
+    _checkpoint(run, tmp_path, 1, "stage1-sft", stage_end=True)
+    newest = _checkpoint(run, tmp_path, 2, "grpo-step2")
+    assert (tmp_path / "shared" / "job" / "checkpoints" / "000002-grpo-step2" / "state.json").is_file()
+    assert not (tmp_path / "shared" / "job" / "checkpoints" / "000001-stage1-sft" / "deepspeed").exists()
+    assert find_latest_run(base, "job", storage).latest_checkpoint() == newest
