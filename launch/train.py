@@ -113,7 +113,7 @@ def show_plan(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(JobConfig, args.config, args.overrides)
-        shape = model_shape(cfg.model.path)
+        shape = model_shape(cfg.model.path, cfg.storage)
     except (ConfigError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -193,15 +193,22 @@ def _locate(spec: str, progress: bool, storage: StorageConfig) -> str:
         raise ModelError(f"cannot fetch model '{spec}' from the hub: {err}") from err
 
 
-def model_shape(spec: str) -> ModelShape:
+def model_shape(spec: str, storage: StorageConfig | None = None) -> ModelShape:
     """Parameter count and KV-cache shape from the model's config alone (no weights are read or
-    fetched: a hub model needs only its config.json), for `launch.train --plan`."""
+    fetched: a hub model or a checkpoint URI needs only its config.json), for `launch.train --plan`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(spec).expanduser()
     if spec in EMBEDDED:
-        source = _locate(spec, progress=True)
+        source = _locate(spec, True, storage or StorageConfig())
+    elif is_uri(spec):
+        try:
+            source = local_copy(spec, storage or StorageConfig(), lambda name: name == "config.json")
+        except StorageError as err:
+            raise ModelError(f"model {spec}: {err}") from None
+        if not (Path(source) / "config.json").is_file():
+            raise ModelError(f"model not found: {spec} has no config.json (expected a checkpoint or save_pretrained folder)")
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"model folder {spec} has no config.json (expected a save_pretrained folder)")

@@ -226,3 +226,15 @@ def test_file_uri_run_folder(tmp_path):
     assert (tmp_path / "shared" / "job" / "checkpoints" / "000002-grpo-step2" / "state.json").is_file()
     assert not (tmp_path / "shared" / "job" / "checkpoints" / "000001-stage1-sft" / "deepspeed").exists()
     assert find_latest_run(base, "job", storage).latest_checkpoint() == newest
+
+
+def test_plan_reads_only_the_config_of_a_model(storage, tiny_model_dir):
+    """`--plan`'s model shape: of a checkpoint URI, config.json alone is fetched; the embedded model too."""
+    from learner.models import model_shape
+
+    Store.open("s3://bridge/models/shape", storage).upload(Path(tiny_model_dir))
+    shape = model_shape("s3://bridge/models/shape", storage)
+    assert (shape.layers, shape.kv_heads, shape.head_dim) == (2, 1, 64)
+    fetched = [p.name for p in (Path(storage.scratch_dir) / "bridge-distill" / "downloads").rglob("*") if p.is_file() and p.suffix != ".lock"]
+    assert fetched == ["config.json"]
+    assert model_shape("embedded:smollm2-135m-instruct").layers == 30
