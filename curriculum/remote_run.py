@@ -18,11 +18,8 @@ import shutil
 import time
 from dataclasses import asdict
 
-import yaml
-
 from cluster.storage import StorageConfig, Store, is_uri, scratch_root, storage_errors, upload_scratch
-from cluster.typed_config import to_dict
-from curriculum.run_dir import CONFIG_END, RunDir, RunState
+from curriculum.run_dir import RunDir, RunState, free_run_name, is_run_of, write_config
 
 MANIFEST = "manifest.json"
 
@@ -42,14 +39,10 @@ class RemoteRunDir(RunDir):
     @classmethod
     def create(cls, output_dir: str, name: str, cfg, storage: StorageConfig) -> "RemoteRunDir":
         base = Store.open(output_dir, storage)
-        taken, suffix, chosen = set(base.folders()), 1, name
-        while chosen in taken:
-            suffix += 1
-            chosen = f"{name}-{suffix}"
-        run = cls(base.child(chosen), storage)
+        run = cls(base.child(free_run_name(name, set(base.folders()))), storage)
         shutil.rmtree(run.path, ignore_errors=True)
         run.path.mkdir(parents=True)
-        (run.path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False) + CONFIG_END)
+        write_config(run.path, cfg)
         run.publish()
         return run
 
@@ -67,7 +60,7 @@ class RemoteRunDir(RunDir):
     @classmethod
     def find_latest(cls, output_dir: str, name: str, storage: StorageConfig) -> "RemoteRunDir":
         base = Store.open(output_dir, storage)
-        candidates = [f for f in base.folders() if f == name or (f.startswith(f"{name}-") and f.removeprefix(f"{name}-").isdigit())]
+        candidates = [f for f in base.folders() if is_run_of(f, name)]
         found = []
         for folder in candidates:
             run = cls(base.child(folder), storage)

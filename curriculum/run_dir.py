@@ -76,6 +76,24 @@ def checkpoint_problem(checkpoint: Path, optimizer: bool = True) -> str | None:
     return None
 
 
+def free_run_name(name: str, taken: set[str]) -> str:
+    """`name`, else `name-2`, `name-3`, ...: the first that no earlier run has taken."""
+    chosen, suffix = name, 1
+    while chosen in taken:
+        suffix += 1
+        chosen = f"{name}-{suffix}"
+    return chosen
+
+
+def is_run_of(folder: str, name: str) -> bool:
+    """Whether the folder name is one `free_run_name` gives for `name`."""
+    return folder == name or (folder.startswith(f"{name}-") and folder.removeprefix(f"{name}-").isdigit())
+
+
+def write_config(folder: Path, cfg) -> None:
+    (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False) + CONFIG_END)
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = path  # where metrics and reports are written as the run goes
@@ -97,13 +115,10 @@ class RunDir:
     @classmethod
     def create(cls, output_dir: str, name: str, cfg) -> "RunDir":
         """A fresh run folder; `name`, `name-2`, ... so that no earlier run is overwritten."""
-        base = Path(output_dir) / name
-        path, suffix = base, 1
-        while path.exists():
-            suffix += 1
-            path = base.with_name(f"{name}-{suffix}")
+        base = Path(output_dir)
+        path = base / free_run_name(name, {p.name for p in base.iterdir()} if base.is_dir() else set())
         path.mkdir(parents=True)
-        (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False) + CONFIG_END)
+        write_config(path, cfg)
         return cls(path)
 
     @classmethod
@@ -128,7 +143,7 @@ class RunDir:
     def find_latest(cls, output_dir: str, name: str) -> "RunDir":
         """`--resume auto`: of the runs `name`, `name-2`, ... the one with the newest complete checkpoint."""
         base = Path(output_dir)
-        runs = [cls(p) for p in base.glob(f"{name}*") if (p / "config.yaml").is_file() and (p.name == name or p.name.removeprefix(f"{name}-").isdigit())]
+        runs = [cls(p) for p in base.glob(f"{name}*") if (p / "config.yaml").is_file() and is_run_of(p.name, name)]
         resumable = [(r.latest_checkpoint(), r) for r in runs]
         resumable = [(c, r) for c, r in resumable if c is not None]
         if not resumable:
