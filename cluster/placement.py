@@ -11,6 +11,7 @@ Actors are named `<run>/learner-<i>` and `<run>/rollout-<i>` so they read well i
 from __future__ import annotations
 
 from dataclasses import dataclass
+import time
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
@@ -53,13 +54,20 @@ def live_nodes() -> list[Node]:
     ]
 
 
-def describe_node(node_id: str) -> str:
-    """'192.0.2.7/1a2b3c4d [pool=train]', with '(dead)' when Ray has marked the node dead."""
-    for n in ray.nodes():
-        if n["NodeID"] == node_id:
-            node = Node(node_id, n["NodeManagerAddress"], {}, dict(n.get("Labels") or {}))
-            return node.describe() + ("" if n["Alive"] else " (dead)")
-    return f"{node_id[:8]} (unknown)"
+def describe_node(node_id: str, settle_s: float = 0.0) -> str:
+    """'192.0.2.7/1a2b3c4d [pool=train]', with '(dead)' when Ray has marked the node dead.
+    `settle_s`: how long to wait for that mark while the node still counts as alive. An actor
+    whose node was lost is unreachable at once, but Ray marks the node dead only after several
+    failed health checks (seconds), and the error should say whether the node went down."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        found = next((n for n in ray.nodes() if n["NodeID"] == node_id), None)
+        if found is None:
+            return f"{node_id[:8]} (unknown)"
+        if not found["Alive"] or time.monotonic() >= deadline:
+            node = Node(node_id, found["NodeManagerAddress"], {}, dict(found.get("Labels") or {}))
+            return node.describe() + ("" if found["Alive"] else " (dead)")
+        time.sleep(0.5)
 
 
 def check_layout(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> list[Node]:

@@ -13,6 +13,9 @@ from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
 from learner.worker import LearnerWorker
 
+# Ray's default health checks (every 3 s, 5 misses, 10 s timeout) mark a lost node dead within ~30 s.
+NODE_LOSS_SETTLE_S = 30.0
+
 
 def combine(stats: list[dict[str, float]]) -> dict[str, float]:
     """Per-rank statistics -> one record: losses add up (each rank holds its share of the global
@@ -62,8 +65,10 @@ class LearnerGroup:
         try:
             return wait_all(refs, timeout, what, [self.names[r] for r in ranks])
         except ActorDied as err:
-            # A learner is not restarted (its ZeRO shard is gone with it): say where it ran.
-            raise ActorDied(f"{err}; it ran on node {describe_node(self.nodes[ranks[err.index]])}", err.index) from err
+            # A learner is not restarted (its ZeRO shard is gone with it): say where it ran. An
+            # unreachable one (not yet known dead) may be on a lost node: give Ray time to say so.
+            node = describe_node(self.nodes[ranks[err.index]], settle_s=NODE_LOSS_SETTLE_S if err.restarting else 0.0)
+            raise ActorDied(f"{err}; it ran on node {node}", err.index) from err
 
     def sft_step(self, sequences: list[Sequence], lr: float | None = None) -> dict[str, float]:
         """One SFT update at `lr` (None: `learner.sft_lr`)."""

@@ -134,7 +134,7 @@ class Watcher(threading.Thread):
         while not self.done.is_set():
             grpo = [r for r in records(self.bucket) if r["stage"] == "grpo"]
             if grpo and "scraped" not in self.events:
-                self.scraped = scrape(self.cluster)
+                self.scraped.update(scrape(self.cluster))  # a node's endpoint may miss one round
                 if {("bridge_loss", "sft"), ("bridge_reward_mean", "grpo")} <= set(self.scraped):
                     self.events["scraped"] = time.time()
             if grpo and "rollout_node_removed" not in self.events:
