@@ -55,3 +55,16 @@ def unpack(packed: PackedWeights) -> list[tuple[str, torch.Tensor]]:
         size = int(np.prod(shape)) * dtype.itemsize
         out.append((name, flat[offset : offset + size].view(dtype).view(shape)))
     return out
+
+
+@dataclass(frozen=True)
+class PackedAdapter:
+    """A LoRA adapter on its way to the rollout workers: its tensors (peft's saved names) and its
+    `adapter_config.json`; the workers serve it on top of the base weights they hold."""
+
+    tensors: PackedWeights
+    config: dict
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensors.nbytes

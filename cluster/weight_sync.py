@@ -9,6 +9,9 @@ Two transports, chosen by `cluster.weight_transport`:
   (`cluster/weight_group.py`: gloo on CPU, NCCL on GPU); parameters go out in flat buckets of
   `cluster.bucket_mb`, gathered bucket by bucket under ZeRO-3, and stream into each vLLM worker's
   `reload_weights` (`rollout/weight_receiver.py`).
+While a LoRA adapter trains, the workers receive the plain model's weights with the adapter merged
+(computed from the untouched base at each sync, `learner/lora.py`), or, with
+`learner.lora.sync: adapter`, the adapter alone, always through the object store.
 Every sync is bounded by `cluster.sync_timeout_s` and fails with a message naming what it waited
 for and who had not answered. A rollout worker that Ray restarted is brought to the last synced
 version by `restore` (for the collective transport, in a newly formed group).
@@ -90,7 +93,7 @@ class WeightSync:
         start = time.perf_counter()
         for _ in range(self.cluster.rollout_max_restarts + 1):
             try:
-                received = self._broadcast(version) if self.transport == "collective" else self._push(version, None)
+                received = self._broadcast(version) if self._collective() else self._push(version, None)
                 break
             except WorkerLost as lost:
                 self.rollout.await_restart(lost.worker, f"the sync of weight version {version}")
@@ -98,6 +101,10 @@ class WeightSync:
             raise RemoteCallError(f"weight version {version} could not reach the rollout workers: they kept dying ({self.cluster.rollout_max_restarts + 1} tries)")
         self.version = version
         return SyncResult(version, time.perf_counter() - start, received)
+
+    def _collective(self) -> bool:
+        """A LoRA adapter alone (about 1 % of the weights) always goes through the object store."""
+        return self.transport == "collective" and not self.learners.sends_adapter
 
     def _broadcast(self, version: int) -> int:
         """Collective transport: every rollout worker receives while every learner rank sends
@@ -141,7 +148,7 @@ class WeightSync:
         """A restarted rollout worker runs the starting weights: give it the last synced version."""
         if self.version is None:
             return
-        if self.transport == "collective":
+        if self._collective():
             # The restarted worker lost its place in the group: form a new one, then broadcast.
             self._form_group()
             self._broadcast(self.version)

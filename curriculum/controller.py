@@ -67,8 +67,19 @@ class Controller:
         self.nonfinite = NonFiniteStreak(cfg.learner.max_nonfinite_updates)
         self.metrics = MetricsSink(run.path, cfg.run.name, resumed_at=(self.state.saved_at, self.state.global_step) if resume_from else None)
         self.placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster)
-        self.learners = LearnerGroup(self.placement, run.name, start_path, cfg.learner, cfg.grpo, cfg.cluster, self.prompter.pad_id, cfg.storage)
-        self.rollout = RolloutGroup(self.placement, run.name, start_path, cfg.rollout, cfg.cluster, cfg.run.seed, cfg.storage)
+        # While a LoRA adapter trains, the learners (and engines that serve the adapter) start from
+        # the base; a checkpoint's save_pretrained folder holds base and adapter merged.
+        lora = cfg.learner.lora
+        adapter = lora.live_in(self.state.stage)
+        serves_adapter = adapter and lora.sync == "adapter"
+        self.learners = LearnerGroup(
+            self.placement, run.name, model_path if adapter else start_path, cfg.learner, cfg.grpo, cfg.cluster,
+            self.prompter.pad_id, cfg.storage, adapter=adapter,
+        )
+        self.rollout = RolloutGroup(
+            self.placement, run.name, model_path if serves_adapter else start_path, cfg.rollout, cfg.cluster, cfg.run.seed, cfg.storage,
+            max_lora_rank=lora.vllm_max_rank() if serves_adapter else 0,
+        )
         self.weight_sync = WeightSync(self.learners, self.rollout)
         # The next GRPO step's groups, when they were generated during this step (`grpo.overlap_rollout`);
         # never saved: a resumed run samples that step again with the weights it resumes from.
@@ -130,6 +141,7 @@ class Controller:
                 self._checkpoint(f"{name}-step{self.state.stage_step}", stage_end=False)
         bar.close()
         if stage == 1:
+            self.learners.begin_grpo()  # merges a stage-1-only adapter
             self._sync()  # stage 1 trains without rollouts; the workers catch up once here
         self._evaluate(f"after-stage{stage}")
         self.state = dataclasses.replace(self.state, stage=stage + 1, stage_step=0)

@@ -26,7 +26,7 @@ from curriculum.remote_run import checkpoint_name, create_run, find_latest_run, 
 from curriculum.run_dir import CheckpointError
 from cluster.typed_config import ConfigError, describe, load_config
 from launch.job_config import JobConfig
-from learner.models import ModelError, check_frozen_layers, model_shape, resolve_model
+from learner.models import ModelError, check_frozen_layers, check_lora_targets, model_shape, resolve_model
 
 DEFAULT_CONFIG = "launch/configs/smollm2-gsm8k.yaml"
 
@@ -84,6 +84,7 @@ def prepare(args: argparse.Namespace):
             print(f"data.{name}: skipped {report.skipped} malformed rows, e.g. {report.skipped_examples[0]}")
     model_path = resolve_model(cfg.model.path, storage=cfg.storage)
     check_frozen_layers(model_path, cfg.learner.frozen_layers)
+    check_lora_targets(model_path, cfg.learner.lora)
     train_problems, evaluation_problems = fit_prompts(cfg, model_path, train.problems, evaluation.problems)
     # Actors resolve the model on their own nodes (hub name, embedded model, URI); a folder is
     # passed as an absolute path, which must exist on every node (or be shared).

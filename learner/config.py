@@ -5,7 +5,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cluster.typed_config import option
+from cluster.typed_config import option, section
+
+# The ranks a vLLM engine can serve an adapter of (`max_lora_rank`); an adapter's rank is rounded up.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass
+class LoraConfig:
+    stages: Literal["none", "sft", "all"] = option("none", "Which stages train a LoRA adapter (peft) instead of the full weights: 'none'; 'sft' = stage 1 only, merged into the base when it ends so that stages 2-3 train the full weights (the paper); 'all' = every stage (the base stays frozen throughout, and the KL reference is the model with its adapter disabled).")
+    rank: int = option(16, "Rank r of each adapter (paper: 16).")
+    alpha: float = option(32.0, "Scale numerator: the update is (alpha / rank) * B @ A (paper: 32).")
+    dropout: float = option(0.05, "Dropout on the adapter's input during training (paper: 0.05).")
+    target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], "Names of the linear layers that get an adapter (paper: the attention projections), or ['all-linear'] for every linear layer but the output head.")
+    sync: Literal["merged", "adapter"] = option("merged", "What the rollout workers receive while an adapter trains: 'merged' = the full weights W + (alpha/rank)·B·A, computed in fp32 from the untouched base at each sync; 'adapter' = the adapter tensors alone (about 1 % of the bytes), served by vLLM's LoRA support (enable_lora; slower generation) and always sent through the object store.")
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"learner.lora.rank must be at least 1, got {self.rank}")
+        if self.rank > VLLM_LORA_RANKS[-1]:
+            raise ValueError(f"learner.lora.rank must be at most {VLLM_LORA_RANKS[-1]} (the largest rank vLLM serves), got {self.rank}")
+        if not self.target_modules:
+            raise ValueError("learner.lora.target_modules is empty: name the linear layers that get an adapter")
+        if self.sync == "adapter" and self.stages != "all":
+            raise ValueError("learner.lora.sync: adapter needs learner.lora.stages: all (a stage-1-only adapter is merged before the rollout workers next receive weights)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"learner.lora.dropout must be in [0, 1), got {self.dropout}")
+
+    def live_in(self, stage: int) -> bool:
+        """Whether stage `stage` (1-3) trains an adapter."""
+        return self.stages == "all" or (self.stages == "sft" and stage == 1)
+
+    def vllm_max_rank(self) -> int:
+        return next(r for r in VLLM_LORA_RANKS if r >= self.rank)
 
 
 @dataclass
@@ -26,3 +58,8 @@ class LearnerConfig:
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory (slower).")
     torch_threads: int = option(1, "CPU threads per learner actor (keep learners and rollout workers from oversubscribing cores).")
     init_timeout_s: float = option(600.0, "Seconds to wait for the learner group's process group to form.")
+    lora: LoraConfig = section(LoraConfig, "LoRA adapters: which stages train one instead of the full weights, and how the rollout workers get them.")
+
+    def __post_init__(self):
+        if self.lora.stages != "none" and self.frozen_layers:
+            raise ValueError("learner.lora and learner.frozen_layers cannot be combined: an adapter already freezes the base (set frozen_layers: 0)")

@@ -36,8 +36,9 @@ def combine(stats: list[dict[str, float]]) -> dict[str, float]:
 class LearnerGroup:
     def __init__(
         self, placement: Placement, run: str, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, cluster: ClusterConfig, pad_id: int,
-        storage: StorageConfig | None = None,
+        storage: StorageConfig | None = None, adapter: bool = False,
     ):
+        """`adapter`: train a fresh LoRA adapter (`cfg.lora`) on the weights at `model_path`."""
         actor = ray.remote(LearnerWorker)
         self.cfg, self.grpo, self.cluster = cfg, grpo, cluster
         self.size = cfg.num_learners
@@ -49,7 +50,8 @@ class LearnerGroup:
         # Where each rank runs, kept from the start: once a node dies its bundles may move or vanish.
         self.nodes = [placement.node_id("learner", rank) for rank in range(self.size)]
         master_addr, master_port = self._call("address", what="learner-0 to pick a rendezvous address", ranks=[0])[0]
-        self._call("setup", master_addr, master_port, pad_id, what="the learner group to form its process group", timeout=cfg.init_timeout_s)
+        self._call("setup", master_addr, master_port, pad_id, adapter, what="the learner group to form its process group", timeout=cfg.init_timeout_s)
+        self.adapter = adapter
 
     def _call(self, method: str, *args, what: str, ranks: list[int] | None = None, timeout: float | None = None, per_rank: list | None = None):
         targets = ranks if ranks is not None else range(self.size)
@@ -87,9 +89,23 @@ class LearnerGroup:
         stats = self._call("grpo_step", normalizer, per_rank=shard(sequences, self.size), what="grpo_step on the learner group")
         return {**combine(stats), "learner_sequences": len(sequences)}
 
-    def export_weights(self) -> tuple[ray.ObjectRef, list[ray.ObjectRef]]:
-        """Rank 0's full state dict as an object ref (every rank joins the ZeRO-3 gather)."""
-        refs = [a.export_weights.remote() for a in self.actors]
+    def begin_grpo(self) -> None:
+        """Stage 1 -> 2: merge a stage-1-only adapter; the KL reference becomes the current policy."""
+        self._call("begin_grpo", what="the learner group to start GRPO")
+        self.adapter = self.adapter and self.cfg.lora.live_in(2)
+
+    @property
+    def sends_adapter(self) -> bool:
+        """Whether a sync carries the adapter alone (always through the object store)."""
+        return self.adapter and self.cfg.lora.sync == "adapter"
+
+    def export_weights(self, adapter: bool | None = None) -> tuple[ray.ObjectRef, list[ray.ObjectRef]]:
+        """Rank 0's plain weights, or its adapter (default: as `sends_adapter` says), as an object
+        ref, and every rank's ref (every rank joins the ZeRO-3 gather)."""
+        adapter = self.sends_adapter if adapter is None else adapter
+        if adapter and not self.adapter:
+            raise ValueError("the learners train no adapter: there is none to export")
+        refs = [a.export_weights.remote(adapter) for a in self.actors]
         return refs[0], refs
 
     def address(self) -> tuple[str, int]:

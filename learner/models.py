@@ -138,6 +138,22 @@ def check_frozen_layers(folder: str, count: int) -> None:
         raise ModelError(f"learner.frozen_layers={count} must be between 0 and {layers - 1}: the model at {folder} has {layers} decoder layers")
 
 
+def check_lora_targets(folder: str, lora) -> None:
+    """Refuse, before any actor starts, an adapter on layers the model does not have."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from learner.lora import linear_layer_names, unknown_targets
+
+    if lora.stages == "none":
+        return
+    with torch.device("meta"):  # names only: nothing is allocated
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    bad = unknown_targets(lora, model)
+    if bad:
+        raise ModelError(f"learner.lora.target_modules: the model at {folder} has no linear layer named {', '.join(bad)} (it has {', '.join(sorted(linear_layer_names(model)))})")
+
+
 def resolve_model(spec: str, progress: bool = True, storage: StorageConfig | None = None) -> str:
     """A local folder that transformers and vLLM can both load, for the model named by `spec`."""
     return check_loadable(_locate(spec, progress, storage or StorageConfig()), spec)

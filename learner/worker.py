@@ -7,6 +7,7 @@ Every rank runs the same sequence of collective calls; the group makes sure of t
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -18,11 +19,12 @@ from datetime import timedelta
 
 import torch
 
-from cluster.packed_weights import PackedWeights, pack
+from cluster.packed_weights import PackedAdapter, PackedWeights, pack
 from cluster.storage import StorageConfig, Store, is_uri, local_copy, upload_scratch
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
+from learner.lora import adapter_config, adapter_state, attach, export_plan, plain_state, scale_of
 from learner.models import freeze_bottom_layers, resolve_on_node
 
 
@@ -55,17 +57,19 @@ class LearnerWorker:
         torch.set_num_threads(cfg.torch_threads)
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.engine = None
-        self.reference = None
+        self.reference = None  # a frozen copy of the policy, for the KL term
+        self.adapter = False  # whether the engine trains a LoRA adapter on a frozen base
         self.weight_group = None  # rank 0 hosts the weight group (collective transport)
         self.pad_id = 0
 
     def address(self) -> tuple[str, int]:
         return free_address()
 
-    def setup(self, master_addr: str, master_port: int, pad_id: int) -> int:
-        """Join the process group and build the engine (and the reference model if KL is on)."""
+    def setup(self, master_addr: str, master_port: int, pad_id: int, adapter: bool = False) -> int:
+        """Join the process group and build the engine, training a fresh LoRA adapter on the
+        weights at `model_path` when `adapter` (a resume then loads the adapter's state), and the
+        reference model if KL is on (with an adapter: the base, the adapter switched off)."""
         import deepspeed
-        from transformers import AutoModelForCausalLM
 
         os.environ.update(
             RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
@@ -74,12 +78,33 @@ class LearnerWorker:
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=self.cfg.init_timeout_s))
         self.pad_id = pad_id
+        model = self._plain_model()
+        freeze_bottom_layers(model, self.cfg.frozen_layers)
+        self.adapter = adapter
+        self._build_engine(attach(model, self.cfg.lora) if adapter else model)
+        if self.grpo.kl_coef > 0 and not adapter:
+            # A frozen copy of the starting policy; small students fit on every rank.
+            self.reference = self._plain_model().to(self.device).eval().requires_grad_(False)
+        return self.rank
+
+    def _plain_model(self, state: dict[str, torch.Tensor] | None = None):
+        """The model at `model_path`, or with the weights `state` (plain names) when given."""
+        from transformers import AutoModelForCausalLM
+
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    def _build_engine(self, model) -> None:
+        import deepspeed
+
         if self.cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # Non-reentrant: with a frozen base no input of a checkpointed block needs a gradient,
+            # and the reentrant variant would then skip the adapters' backward.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-        freeze_bottom_layers(model, self.cfg.frozen_layers)
         trainable = [p for p in model.parameters() if p.requires_grad]
         # fused: one pass over the flat fp32 partition instead of several full-size temporaries
         # (SmolLM2 on 2 CPU cores: optimizer step 1.01 s -> 0.62 s of an ~11 s SFT step).
@@ -95,11 +120,23 @@ class LearnerWorker:
             "wall_clock_breakdown": False,
         }
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, optimizer=optimizer, config=ds_config)
-        if self.grpo.kl_coef > 0:
-            # A frozen copy of the starting policy; small students fit on every rank.
-            self.reference = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(self.device).eval()
-            self.reference.requires_grad_(False)
-        return self.rank
+
+    def begin_grpo(self) -> None:
+        """Stage 1 -> 2. An adapter trained for stage 1 only is merged into the weights, and the
+        full weights train from here with a fresh optimizer; with KL on, the reference becomes the
+        policy as stage 1 left it (the model a resume from the stage-1 checkpoint starts from)."""
+        if self.adapter and not self.cfg.lora.live_in(2):
+            state = self._gathered(lambda: self._plain(self.engine.module.state_dict()), everywhere=True)
+            self.engine.destroy()
+            self.engine, self.adapter = None, False
+            self._build_engine(self._plain_model(state))
+        if self.grpo.kl_coef > 0 and not self.adapter:
+            state = self._gathered(lambda: self._plain(self.engine.module.state_dict()), everywhere=True)
+            self.reference = self._plain_model(state).to(self.device).eval().requires_grad_(False)
+
+    def _plain(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain-model copies of the module's tensors (with an adapter: merged, see learner/lora.py)."""
+        return {name: t.detach().cpu().clone() for name, t in plain_state(tensors, scale_of(self.cfg.lora)).items()}
 
     # ------------------------------------------------------------------------------------------
     # forward helpers
@@ -111,6 +148,12 @@ class LearnerWorker:
     @torch.no_grad()
     def _log_probs(self, model, batches: list[MicroBatch]) -> list[torch.Tensor]:
         return [token_log_probs(self._logits(model, b), b.targets.to(self.device)).cpu() for b in batches]
+
+    def _seed_dropout(self, sequences: list[Sequence]) -> None:
+        """Dropout (LoRA's) draws from a seed taken from the batch itself: a resumed step, which
+        draws the batch the interrupted one drew, draws the same masks too."""
+        digest = hashlib.sha1(repr([(s.prompt, s.completion) for s in sequences]).encode()).hexdigest()
+        torch.manual_seed(int(digest[:12], 16) + self.rank)
 
     def _set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:
@@ -146,6 +189,7 @@ class LearnerWorker:
         start = time.perf_counter()
         self.engine.train()
         self._set_lr(lr)
+        self._seed_dropout(sequences)
         batches = micro_batches(sequences, self.cfg.micro_batch_size, self.pad_id, self.cfg.pad_to_multiple)
         scale = self.world_size / max(1.0, normalizer)
 
@@ -169,12 +213,18 @@ class LearnerWorker:
         """
         start = time.perf_counter()
         self._set_lr(self.cfg.grpo_lr)
+        self._seed_dropout(sequences)
         batches = micro_batches(sequences, self.cfg.micro_batch_size, self.pad_id, self.cfg.pad_to_multiple)
         # With one policy epoch the update starts from the weights that are about to be used:
         # the old log-probs equal the current ones (ratio 1), so their extra forward is skipped.
         self.engine.eval()
         old = self._log_probs(self.engine, batches) if self.grpo.policy_epochs > 1 else None
-        ref = self._log_probs(self.reference, batches) if self.reference is not None else [None] * len(batches)
+        ref = [None] * len(batches)
+        if self.grpo.kl_coef > 0 and self.adapter:
+            with self.engine.module.disable_adapter():  # the reference is the base itself
+                ref = self._log_probs(self.engine, batches)
+        elif self.reference is not None:
+            ref = self._log_probs(self.reference, batches)
         self.engine.train()
         per_sequence = self.grpo.loss_aggregation == "sequence_mean"
         sums = dict.fromkeys(("clip_fraction", "approx_kl_old", "kl", "entropy", "behaviour_weight", "tokens"), 0.0)
@@ -220,33 +270,39 @@ class LearnerWorker:
     # ------------------------------------------------------------------------------------------
     # weights and checkpoints
 
-    def _on_rank0(self, tensors, copy=lambda ts: {name: t.detach().cpu().clone() for name, t in ts.items()}):
-        """`copy(tensors())` (a name -> tensor dict of the module, in full) on rank 0; every rank
-        must call this (under ZeRO-3 it gathers the parameters). Copies, because the gather releases
-        them on exit and, under ZeRO-1/2, parameters are views into one flat buffer that Ray would
-        serialise whole for every view."""
+    def _gathered(self, compute, everywhere: bool = False, params=None):
+        """`compute()` with the module's parameters (or `params`) in full, on rank 0 (None on the
+        others) or on every rank; every rank must call this (under ZeRO-3 it gathers them).
+        `compute` must copy what it keeps: the gather releases the parameters on exit and, under
+        ZeRO-1/2, parameters are views into one flat buffer that Ray would serialise whole."""
         import deepspeed
 
         zero3 = self.cfg.zero_stage == 3
-        params = list(self.engine.module.parameters())
+        params = list(self.engine.module.parameters()) if params is None else params
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else nullcontext():
-            if self.rank != 0:
+            if self.rank != 0 and not everywhere:
                 return None
-            return copy(tensors())
+            return compute()
 
-    def export_weights(self) -> PackedWeights | None:
-        """What the rollout workers load after an update: every parameter once, from rank 0
-        (parameters only, so tied weights travel once; vLLM ties them again on load), packed into
-        one buffer that the workers read in place."""
-        return self._on_rank0(lambda: dict(self.engine.module.named_parameters()), pack)
+    def export_weights(self, adapter: bool = False) -> PackedWeights | PackedAdapter | None:
+        """What the rollout workers load after an update, from rank 0, packed into one buffer that
+        the workers read in place: every parameter of the plain model once (so tied weights travel
+        once; vLLM ties them again on load), or, when `adapter`, the LoRA adapter alone."""
+        module = self.engine.module
+        if adapter:
+            lora = [p for name, p in module.named_parameters() if ".lora_" in name]
+            return self._gathered(lambda: PackedAdapter(pack(adapter_state(dict(module.named_parameters()))), adapter_config(module)), params=lora)
+        return self._gathered(lambda: pack(plain_state(dict(module.named_parameters()), scale_of(self.cfg.lora))))
 
     def weight_buckets(self, bucket_mb: int):
-        """Collective transport: how the parameters are packed into broadcast buckets (same on every rank)."""
+        """Collective transport: how the plain model's parameters are packed into broadcast buckets
+        (same on every rank, and the same before and after an adapter is merged)."""
         from cluster.weight_group import plan_buckets
 
+        params = dict(self.engine.module.named_parameters())
         shapes = [
-            (name, tuple(getattr(p, "ds_shape", p.shape)), p.dtype)
-            for name, p in self.engine.module.named_parameters()
+            (plain, tuple(getattr(params[sources[0]], "ds_shape", params[sources[0]].shape)), params[sources[0]].dtype)
+            for plain, sources in export_plan(list(params)).items()
         ]
         return plan_buckets(shapes, bucket_mb << 20)
 
@@ -273,7 +329,7 @@ class LearnerWorker:
         if self.rank == 0 and self.weight_group is None:
             raise WeightGroupError("learner-0 is in no weight group: a new one must be formed first")
         try:
-            return broadcast_buckets(self.weight_group, self.engine.module, buckets, self.cfg.zero_stage)
+            return broadcast_buckets(self.weight_group, self.engine.module, buckets, self.cfg.zero_stage, scale_of(self.cfg.lora))
         except WeightGroupError:
             self.weight_group.close()
             self.weight_group = None
@@ -300,17 +356,24 @@ class LearnerWorker:
             shutil.rmtree(local, ignore_errors=True)
 
     def _write_checkpoint(self, folder: str) -> None:
-        state = self._on_rank0(self.engine.module.state_dict)
+        """The plain model's `save_pretrained` folder (with an adapter: merged, so that it loads
+        without peft) and, with an adapter, the adapter in peft's format under `adapter/`. The
+        DeepSpeed state leaves out a frozen base: a resume rebuilds it from `model.path`."""
+        module = self.engine.module
+        state = self._gathered(lambda: {name: t.detach().cpu().clone() for name, t in module.state_dict().items()})
         if self.rank == 0:
-            bad = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
+            plain = plain_state(state, scale_of(self.cfg.lora))
+            bad = [name for name, tensor in plain.items() if not torch.isfinite(tensor).all()]
             if bad:  # never write a checkpoint that cannot be trained or served
                 raise FloatingPointError(f"refusing to save {folder}: non-finite values in {', '.join(bad[:3])}")
-            self.engine.module.save_pretrained(folder, state_dict=state, safe_serialization=True)
-        self.engine.save_checkpoint(os.path.join(folder, "deepspeed"), tag="state")
+            (module.get_base_model() if self.adapter else module).save_pretrained(folder, state_dict=plain, safe_serialization=True)
+            if self.adapter:
+                module.save_pretrained(os.path.join(folder, "adapter"), state_dict=state, safe_serialization=True)
+        self.engine.save_checkpoint(os.path.join(folder, "deepspeed"), tag="state", exclude_frozen_parameters=self.adapter)
 
     def load(self, folder: str) -> None:
         folder = local_copy(folder, self.storage, self._needs)
-        path, _ = self.engine.load_checkpoint(os.path.join(folder, "deepspeed"), tag="state")
+        path, _ = self.engine.load_checkpoint(os.path.join(folder, "deepspeed"), tag="state", load_module_strict=not self.adapter)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state under {folder}/deepspeed")
 

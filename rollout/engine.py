@@ -7,12 +7,15 @@ runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that weights reach it
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import torch
 
-from cluster.packed_weights import PackedWeights, unpack
+from cluster.packed_weights import PackedAdapter, PackedWeights, unpack
 from rollout.config import RolloutConfig
 
 
@@ -26,7 +29,9 @@ class Completion:
 
 
 class RolloutEngine:
-    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool = False):
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool = False, max_lora_rank: int = 0):
+        """`max_lora_rank` > 0: the engine can serve a LoRA adapter of up to that rank on top of its
+        weights (`load_weights` with a `PackedAdapter`); vLLM then runs its slower LoRA path."""
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if not torch.cuda.is_available():
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gb)
@@ -45,9 +50,12 @@ class RolloutEngine:
             tensor_parallel_size=cfg.tensor_parallel_size,
             # Collective weight transport: every vLLM worker gets the receiving methods.
             worker_extension_cls="rollout.weight_receiver.WeightReceiver" if weight_receiver else "",
+            **({"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1} if max_lora_rank else {}),
         )
         self.cfg = cfg
         self.version = 0
+        self.lora = None  # the adapter served on top of the weights, if any (a vLLM LoRARequest)
+        self.lora_ids = 0
 
     def generate(
         self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int, logprobs: bool = True
@@ -59,11 +67,15 @@ class RolloutEngine:
             n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_tokens,
             logprobs=0 if logprobs else None,
         )
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=self.lora)
         return [[_completion(c, logprobs) for c in out.outputs] for out in outputs]
 
-    def load_weights(self, weights: PackedWeights, version: int) -> int:
-        """Replace the engine's weights in place; returns the bytes loaded."""
+    def load_weights(self, weights: PackedWeights | PackedAdapter, version: int) -> int:
+        """Replace the engine's weights in place (dropping any adapter), or serve the adapter
+        `weights` on top of them; returns the bytes loaded."""
+        if isinstance(weights, PackedAdapter):
+            return self._load_adapter(weights, version)
+        self._drop_adapter()
         items = unpack(weights)
 
         def reload(worker):
@@ -76,6 +88,31 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
         self.version = version
         return weights.nbytes
+
+    def _load_adapter(self, adapter: PackedAdapter, version: int) -> int:
+        """vLLM loads adapters from folders: write this one to a new folder and register it under a
+        new id (an adapter id already loaded would be served from vLLM's cache), then drop the old."""
+        from safetensors.torch import save_file
+        from vllm.lora.request import LoRARequest
+
+        folder = tempfile.mkdtemp(prefix=f"adapter-v{version}-")
+        save_file({name: t.clone() for name, t in unpack(adapter.tensors)}, os.path.join(folder, "adapter_model.safetensors"))
+        with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+            json.dump(adapter.config, f)
+        self.lora_ids += 1
+        request = LoRARequest(f"policy-v{version}", self.lora_ids, folder)
+        self.llm.llm_engine.add_lora(request)
+        self._drop_adapter()
+        self.lora = request
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return adapter.nbytes
+
+    def _drop_adapter(self) -> None:
+        if self.lora is not None:
+            self.llm.llm_engine.remove_lora(self.lora.lora_int_id)
+            shutil.rmtree(self.lora.lora_path, ignore_errors=True)
+            self.lora = None
 
     def weights_digest(self) -> str:
         """A hash of the engine's parameters as loaded (after the backend's own repacking): equal

@@ -45,8 +45,9 @@ class PendingGeneration:
 class RolloutGroup:
     def __init__(
         self, placement: Placement, run: str, model_path: str, cfg: RolloutConfig, cluster: ClusterConfig, seed: int,
-        storage: StorageConfig | None = None,
+        storage: StorageConfig | None = None, max_lora_rank: int = 0,
     ):
+        """`max_lora_rank` > 0: the engines can serve a LoRA adapter (`learner.lora.sync: adapter`)."""
         actor = ray.remote(RolloutWorker)
         self.cfg, self.cluster, self.placement = cfg, cluster, placement
         self.names = [f"rollout-{i}" for i in range(cfg.num_workers)]
@@ -54,7 +55,7 @@ class RolloutGroup:
             actor.options(
                 **placement.options("rollout", i, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)}),
                 max_restarts=cluster.rollout_max_restarts,
-            ).remote(i, model_path, cfg, seed, cluster.transport() == "collective", storage)
+            ).remote(i, model_path, cfg, seed, cluster.transport() == "collective", storage, max_lora_rank)
             for i in range(cfg.num_workers)
         ]
         self.restarts = 0

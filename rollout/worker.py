@@ -13,12 +13,15 @@ from rollout.engine import Completion, RolloutEngine
 
 
 class RolloutWorker:
-    def __init__(self, index: int, model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool = False, storage: StorageConfig | None = None):
+    def __init__(
+        self, index: int, model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool = False,
+        storage: StorageConfig | None = None, max_lora_rank: int = 0,
+    ):
         self.index = index
         # Resolved on this node; of a checkpoint on shared storage, its weights, config and tokenizer.
         model_path = resolve_on_node(model_path, storage or StorageConfig(), lambda name: not name.startswith("deepspeed/"))
         # Distinct seeds so that the workers' groups are not copies of each other.
-        self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index, weight_receiver=weight_receiver)
+        self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index, weight_receiver=weight_receiver, max_lora_rank=max_lora_rank)
 
     def generate(
         self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int,
