@@ -30,16 +30,36 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_three_stages_end_to_end(tiny_model_dir, tmp_path):
+LORA_STAGE1 = ["learner.lora.stages=sft", "learner.lora.rank=8", "stages.save_every=1", "stages.keep_optimizer_state=0"]
+
+
+def test_three_stages_end_to_end_with_a_lora_stage1_resumed_mid_stage(tiny_model_dir, tmp_path):
+    """The paper's shape: stage 1 trains a LoRA adapter, merged into the weights when it ends;
+    stages 2-3 train the full weights. A copy of the run resumed from its mid-stage-1 checkpoint
+    draws the same batch, computes the same loss and ends stage 1 on the same weights."""
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    stdout = run_job(*tiny_args(tiny_model_dir, tmp_path))
+    stdout = run_job(*tiny_args(tiny_model_dir, tmp_path), *LORA_STAGE1)
     run_dir = tmp_path / "tiny"
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert checkpoints == ["000002-stage1-sft", "000004-stage2-grpo", "000005-stage3-rewrite"], stdout
+    assert checkpoints == ["000001-sft-step1", "000002-stage1-sft", "000003-grpo-step1", "000004-stage2-grpo", "000005-stage3-rewrite"], stdout
     for name in checkpoints:
         model = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / name, dtype=torch.float32)
         assert model.config.num_hidden_layers == 2
+    # Only the checkpoint taken while the adapter trained holds one (stage 1 ends merged).
+    assert [c for c in checkpoints if (run_dir / "checkpoints" / c / "adapter" / "adapter_config.json").is_file()] == ["000001-sft-step1"]
+
+    copy = tmp_path / "copy" / "tiny"
+    shutil.copytree(run_dir, copy)
+    for name in checkpoints[1:]:
+        shutil.rmtree(copy / "checkpoints" / name)
+    resumed_out = run_job("--resume", str(copy), "cluster.address=local", "--stop-after-stage", "1")
+    assert "resumed from" in resumed_out and "stage 1, step 1" in resumed_out
+    first, second = ([r for r in records(folder) if r["stage"] == "sft" and r["step"] == 2] for folder in (run_dir, copy))
+    assert first[0]["batch_digest"] == second[0]["batch_digest"] and first[0]["loss"] == second[0]["loss"]
+    merged = [load_file(folder / "checkpoints" / "000002-stage1-sft" / "model.safetensors") for folder in (run_dir, copy)]
+    assert merged[0].keys() == merged[1].keys() and all(torch.equal(merged[0][k], merged[1][k]) for k in merged[0])
     stages = [r["stage"] for r in records(run_dir)]
     assert stages.count("sft") == 2 and stages.count("grpo") == 2 and stages.count("rewrite") == 1
     grpo = [r for r in records(run_dir) if r["stage"] == "grpo"]
