@@ -60,6 +60,18 @@ class LearnerConfig:
     init_timeout_s: float = option(600.0, "Seconds to wait for the learner group's process group to form.")
     lora: LoraConfig = section(LoraConfig, "LoRA adapters: which stages train one instead of the full weights, and how the rollout workers get them.")
 
+    def deepspeed_config(self) -> dict:
+        return {
+            "train_micro_batch_size_per_gpu": self.micro_batch_size,
+            "gradient_accumulation_steps": 1,  # set per step (LearnerWorker._optimizer_step)
+            "gradient_clipping": self.max_grad_norm,
+            "zero_optimization": {"stage": self.zero_stage},
+            "bf16": {"enabled": self.precision == "bf16"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
     def __post_init__(self):
         if self.lora.stages != "none" and self.frozen_layers:
             raise ValueError("learner.lora and learner.frozen_layers cannot be combined: an adapter already freezes the base (set frozen_layers: 0)")

@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import time
 from contextlib import nullcontext
 from datetime import timedelta
@@ -25,27 +24,8 @@ from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
 from learner.lora import adapter_config, adapter_state, attach, export_plan, plain_state, scale_of
+from learner.host import free_address, resident_gib
 from learner.models import freeze_bottom_layers, resolve_on_node
-
-
-def resident_gib() -> float:
-    """This process's resident set size now, in GiB (Linux; 0.0 elsewhere), reported with each step."""
-    try:
-        with open(f"/proc/{os.getpid()}/statm") as statm:
-            pages = int(statm.read().split()[1])
-    except OSError:
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
-
-
-def free_address() -> tuple[str, int]:
-    """This node's IP and a free TCP port, for rank 0 to host the rendezvous."""
-    import ray
-
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        port = sock.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
 
 
 class LearnerWorker:
@@ -109,17 +89,7 @@ class LearnerWorker:
         # fused: one pass over the flat fp32 partition instead of several full-size temporaries
         # (SmolLM2 on 2 CPU cores: optimizer step 1.01 s -> 0.62 s of an ~11 s SFT step).
         optimizer = torch.optim.AdamW(trainable, lr=self.cfg.sft_lr, weight_decay=self.cfg.weight_decay, fused=True)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": self.cfg.micro_batch_size,
-            "gradient_accumulation_steps": 1,  # set per step: see _optimizer_step
-            "gradient_clipping": self.cfg.max_grad_norm,
-            "zero_optimization": {"stage": self.cfg.zero_stage},
-            "bf16": {"enabled": self.cfg.precision == "bf16"},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-            "wall_clock_breakdown": False,
-        }
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, optimizer=optimizer, config=ds_config)
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, optimizer=optimizer, config=self.cfg.deepspeed_config())
 
     def begin_grpo(self) -> None:
         """Stage 1 -> 2. An adapter trained for stage 1 only is merged into the weights, and the
