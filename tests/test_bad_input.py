@@ -54,6 +54,11 @@ def test_bad_config(capsys, out, tiny_model_dir, override, message):
     assert message in _refused(capsys, out, f"model.path={tiny_model_dir}", override)
 
 
+def test_lora_on_a_layer_the_model_lacks(capsys, out, tiny_model_dir):
+    err = _refused(capsys, out, f"model.path={tiny_model_dir}", "learner.lora.stages=sft", "learner.lora.target_modules=[q_proj,qkv_proj]")
+    assert "learner.lora.target_modules: the model at" in err and "no linear layer named qkv_proj (it has down_proj, gate_proj" in err
+
+
 def test_missing_and_unloadable_model(capsys, out, tmp_path):
     assert "model not found: /no/such/model" in _refused(capsys, out, "model.path=/no/such/model")
     broken = tmp_path / "broken"

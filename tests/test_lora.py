@@ -181,10 +181,11 @@ def _base_digest(group) -> str:
 
 
 def test_merged_and_adapter_syncs_serve_the_trained_policy_and_leave_the_base_untouched(ray_session, tiny_model_dir, tmp_path):
-    """A bf16 learner trains an adapter on every linear layer. 50 merged syncs later, its base is
-    bit-identical to the start, and the engine given the merged weights generates what
-    transformers generates from the merged checkpoint; an engine served the adapter alone (a
-    tenth of the bytes at most) generates the same tokens."""
+    """A bf16 learner trains an adapter on every linear layer. After 25 merged syncs by the
+    collective broadcast and 25 by the object store (equal weights either way), its base is
+    bit-identical to the start, and the engine generates what transformers generates from the
+    merged checkpoint; an engine served the adapter alone (a tenth of the bytes at most) generates
+    the same tokens."""
     from transformers import AutoTokenizer
 
     from tests.test_runtime import _transformers_greedy
@@ -192,23 +193,30 @@ def test_merged_and_adapter_syncs_serve_the_trained_policy_and_leave_the_base_un
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt = tokenizer("Problem: 2 + 3 = ?", add_special_tokens=False)["input_ids"]
     target = tokenizer(" Step 1: 2 + 3 = 5\nAnswer: 5", add_special_tokens=False)["input_ids"]
-    placement, second = place(1, 1, CLUSTER), place(0, 1, CLUSTER)
-    cfg = LearnerConfig(precision="bf16", sft_lr=3e-2, lora=LoraConfig(stages="all", sync="adapter", rank=8, alpha=16.0, target_modules=["all-linear"]))
-    learners = LearnerGroup(placement, "lora-sync", tiny_model_dir, cfg, GRPOConfig(), CLUSTER, pad_id=0, adapter=True)
+    collective = ClusterConfig(cpus_per_learner=1, cpus_per_rollout=1, weight_transport="collective", bucket_mb=1, sync_timeout_s=60)
+    placement, second = place(1, 1, collective), place(0, 1, CLUSTER)
+    cfg = LearnerConfig(precision="bf16", sft_lr=3e-2, lora=LoraConfig(stages="all", rank=8, alpha=16.0, target_modules=["all-linear"]))
+    learners = LearnerGroup(placement, "lora-sync", tiny_model_dir, cfg, GRPOConfig(), collective, pad_id=0, adapter=True)
     rollout_cfg = RolloutConfig(num_workers=1, dtype="float32", max_model_len=1024)
-    merged_engine = RolloutGroup(placement, "lora-merged", tiny_model_dir, rollout_cfg, CLUSTER, seed=0)
+    merged_engine = RolloutGroup(placement, "lora-merged", tiny_model_dir, rollout_cfg, collective, seed=0)
     adapter_engine = RolloutGroup(second, "lora-adapter", tiny_model_dir, rollout_cfg, CLUSTER, seed=0, max_lora_rank=cfg.lora.vllm_max_rank())
     try:
         start = _base_digest(learners)
         before, _ = _greedy(merged_engine, prompt)
         for _ in range(4):
             learners.sft_step([Sequence(prompt, target)] * 4)
-        for version in range(1, 51):
-            merged_bytes = merged_engine.load_weights(learners.export_weights(adapter=False)[0], version)
+        broadcast = WeightSync(learners, merged_engine)
+        assert broadcast.transport == "collective" and len(broadcast.buckets) > 2
+        for version in range(1, 26):
+            broadcast.sync(version)
+        digests = merged_engine.weights_digests()
+        by_store = WeightSync(learners, merged_engine, "object_store")
+        for version in range(26, 51):
+            merged_bytes = by_store.sync(version).bytes
+        assert merged_engine.weights_digests() == digests
         after, versions = _greedy(merged_engine, prompt)
         assert versions == {50}
-        sync = WeightSync(learners, adapter_engine)
-        adapter_bytes = sync.sync(version=1).bytes
+        adapter_bytes = adapter_engine.load_weights(learners.export_weights(adapter=True)[0], 1)
         served, versions = _greedy(adapter_engine, prompt)
         assert versions == {1}
         learners.save(str(tmp_path / "ckpt"))
@@ -223,3 +231,36 @@ def test_merged_and_adapter_syncs_serve_the_trained_policy_and_leave_the_base_un
     assert after == _transformers_greedy(tmp_path / "ckpt", prompt)
     assert served == after
     assert 0 < adapter_bytes < merged_bytes / 10
+
+
+def test_zero3_stage1_adapter_is_merged_then_the_full_weights_train(ray_session, tiny_model_dir, tmp_path):
+    """ZeRO-3, 2 learners, an adapter for stage 1 only, KL on: at the start of GRPO the adapter is
+    merged (the policy does not change), the full weights train from there with the merged policy
+    as the KL reference (KL 0 before the first update), and only a checkpoint taken while the
+    adapter trains holds one."""
+    sft, grpo = _sequences()
+    placement = place(2, 0, CLUSTER)
+    cfg = LearnerConfig(num_learners=2, zero_stage=3, precision="fp32", sft_lr=1e-2, grpo_lr=1e-3, lora=LoraConfig(stages="sft", rank=4, alpha=8.0))
+    group = LearnerGroup(placement, "lora-merge", tiny_model_dir, cfg, GRPOConfig(kl_coef=0.1), CLUSTER, pad_id=0, adapter=True)
+    try:
+        group.sft_step(sft)
+        group.sft_step(sft)
+        trained = dict(unpack(ray.get(group.export_weights()[0])))
+        group.save(str(tmp_path / "with-adapter"))
+        group.begin_grpo()
+        assert not group.adapter and not group.sends_adapter
+        merged = dict(unpack(ray.get(group.export_weights()[0])))
+        stats = group.grpo_step(grpo)
+        moved = dict(unpack(ray.get(group.export_weights()[0])))
+        group.save(str(tmp_path / "full"))
+        group.load(str(tmp_path / "full"))
+    finally:
+        group.shutdown()
+        placement.remove()
+    assert trained.keys() == merged.keys() and all(torch.equal(trained[k], merged[k]) for k in trained)
+    assert stats["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert sum(not torch.equal(moved[k], merged[k]) for k in merged) > len(merged) // 2  # all weights train now
+    assert (tmp_path / "with-adapter" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "full" / "adapter").exists()
+    saved = load_file(tmp_path / "with-adapter" / "model.safetensors")
+    assert all(torch.equal(saved[k], trained[k]) for k in trained)
