@@ -1,6 +1,7 @@
 """LoRA against the full weights: the learner's stage-1 steps, and the rollout engine's syncs and generation.
 
-    python -m benchmarks.lora [--config launch/configs/smollm2-gsm8k.yaml] [--steps 4] [--precision fp32] [--prompts 16] [--only learner|rollout]
+    python -m benchmarks.lora [--config launch/configs/smollm2-gsm8k.yaml] [--steps 4] [--precision fp32]
+                              [--prompts 16] [--rollout-dtype bfloat16|float32] [--only learner|rollout]
 
 1. Learner. Three kinds, each a real learner rank (DeepSpeed ZeRO over gloo, no Ray) in a process
    of its own, so that each has its own peak memory: the full weights; the paper's adapter (r16 on
@@ -75,7 +76,7 @@ def measure(config: str, kind: str, steps: int, precision: str) -> dict:
 ROLLOUT_KINDS = ("merged r16 q/k/v/o", "adapter r16 q/k/v/o", "merged r64 all-linear", "adapter r64 all-linear")
 
 
-def measure_rollout(config: str, kind: str, prompts: int) -> dict:
+def measure_rollout(config: str, kind: str, prompts: int, dtype: str) -> dict:
     """One rollout kind's sync and generation figures, from an engine in this process."""
     import statistics
 
@@ -99,11 +100,11 @@ def measure_rollout(config: str, kind: str, prompts: int) -> dict:
             torch.nn.init.normal_(param, std=1e-3)  # a trained-looking adapter: B is no longer 0
     tensors = dict(model.named_parameters())
     if mode == "merged":
-        weights = pack({k: v.to(torch.bfloat16) for k, v in lora.plain_state(tensors, lora.scale_of(lora_cfg)).items()})
+        weights = pack({k: v.to(getattr(torch, dtype)) for k, v in lora.plain_state(tensors, lora.scale_of(lora_cfg)).items()})
     else:
         weights = PackedAdapter(pack(lora.adapter_state(tensors)), lora.adapter_config(model))
     del model, tensors
-    rollout_cfg = RolloutConfig(dtype="bfloat16", max_model_len=cfg.rollout.max_model_len, torch_threads=cfg.rollout.torch_threads)
+    rollout_cfg = RolloutConfig(dtype=dtype, max_model_len=cfg.rollout.max_model_len, torch_threads=cfg.rollout.torch_threads)
     engine = RolloutEngine(model_path, rollout_cfg, seed=0, max_lora_rank=0 if mode == "merged" else lora_cfg.vllm_max_rank())
     syncs = []
     for version in range(1, 4):
@@ -133,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4, help="stage-1 steps each kind trains on")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="fp32 by default: CPUs without AVX-512 compute bf16 ~40x slower")
     parser.add_argument("--prompts", type=int, default=16, help="prompts the rollout engines generate for (128 new tokens each, greedy)")
+    parser.add_argument("--rollout-dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the engines' dtype")
+    parser.add_argument("--rollout-kinds", default=",".join(ROLLOUT_KINDS), help="comma-separated subset of the rollout part's kinds")
     parser.add_argument("--only", choices=["learner", "rollout"], help="run one of the two parts")
     parser.add_argument("--kind", choices=[*KINDS, *ROLLOUT_KINDS], help=argparse.SUPPRESS)  # one kind, in a child process
     args = parser.parse_args(argv)
     if args.kind:
-        figures = measure(args.config, args.kind, args.steps, args.precision) if args.kind in KINDS else measure_rollout(args.config, args.kind, args.prompts)
+        figures = measure(args.config, args.kind, args.steps, args.precision) if args.kind in KINDS else measure_rollout(args.config, args.kind, args.prompts, args.rollout_dtype)
         print(json.dumps(figures))
         return 0
 
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "learner"):
         print_learner({kind: child(kind) for kind in KINDS}, args)
     if args.only in (None, "rollout"):
-        print_rollout({kind: child(kind) for kind in ROLLOUT_KINDS}, args)
+        print_rollout({kind: child(kind) for kind in args.rollout_kinds.split(",")}, args)
     return 0
 
 
@@ -167,7 +170,7 @@ def print_learner(results: dict[str, dict], args) -> None:
 
 
 def print_rollout(results: dict[str, dict], args) -> None:
-    print(f"rollout engine (vLLM-CPU, bf16): one sync, then greedy generation of {args.prompts} prompts x <= 128 tokens")
+    print(f"rollout engine (vLLM-CPU, {args.rollout_dtype}): one sync, then greedy generation of {args.prompts} prompts x <= 128 tokens")
     print(f"  {'kind':<24} {'sync s':>7} {'sync MiB':>9} {'tokens/s':>9} {'x merged':>9}  same tokens as merged")
     for kind, r in results.items():
         merged = results[kind.replace("adapter", "merged")]

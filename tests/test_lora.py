@@ -206,7 +206,7 @@ def test_merged_and_adapter_syncs_serve_the_trained_policy_and_leave_the_base_un
         for _ in range(4):
             learners.sft_step([Sequence(prompt, target)] * 4)
         broadcast = WeightSync(learners, merged_engine)
-        assert broadcast.transport == "collective" and len(broadcast.buckets) > 2
+        assert broadcast.transport == "collective" and len(broadcast.buckets) >= 2
         for version in range(1, 26):
             broadcast.sync(version)
         digests = merged_engine.weights_digests()
