@@ -18,7 +18,7 @@ class LoraConfig:
     alpha: float = option(32.0, "Scale numerator: the update is (alpha / rank) * B @ A (paper: 32).")
     dropout: float = option(0.05, "Dropout on the adapter's input during training (paper: 0.05).")
     target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], "Names of the linear layers that get an adapter (paper: the attention projections), or ['all-linear'] for every linear layer but the output head.")
-    sync: Literal["merged", "adapter"] = option("merged", "What the rollout workers receive while an adapter trains: 'merged' = the full weights W + (alpha/rank)·B·A, computed in fp32 from the untouched base at each sync; 'adapter' = the adapter tensors alone (about 1 % of the bytes), served by vLLM's LoRA support (enable_lora; slower generation) and always sent through the object store.")
+    sync: Literal["merged", "adapter"] = option("merged", "What the rollout workers receive while an adapter trains: 'merged' = the plain weights W + (alpha/rank)·B·A, computed in fp32 from the untouched base at every sync; 'adapter' = the adapter alone (1-15 % of the bytes, always through the object store), served by vLLM's LoRA support, which generates 5-25x slower on vLLM-CPU (docs/performance.md). 'adapter' needs stages: all.")
 
     def __post_init__(self):
         if self.rank < 1:

@@ -23,8 +23,8 @@ from cluster.storage import StorageConfig, Store, is_uri, local_copy, upload_scr
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
-from learner.lora import adapter_config, adapter_state, attach, export_plan, plain_state, scale_of
 from learner.host import free_address, resident_gib
+from learner.lora import adapter_config, adapter_state, attach, export_plan, plain_state, scale_of
 from learner.models import freeze_bottom_layers, resolve_on_node
 
 
