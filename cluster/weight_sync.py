@@ -103,7 +103,7 @@ class WeightSync:
         return SyncResult(version, time.perf_counter() - start, received)
 
     def _collective(self) -> bool:
-        """A LoRA adapter alone (about 1 % of the weights) always goes through the object store."""
+        """A LoRA adapter alone (a small share of the weights) always goes through the object store."""
         return self.transport == "collective" and not self.learners.sends_adapter
 
     def _broadcast(self, version: int) -> int:
