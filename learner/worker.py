@@ -95,13 +95,15 @@ class LearnerWorker:
         """Stage 1 -> 2. An adapter trained for stage 1 only is merged into the weights, and the
         full weights train from here with a fresh optimizer; with KL on, the reference becomes the
         policy as stage 1 left it (the model a resume from the stage-1 checkpoint starts from)."""
-        if self.adapter and not self.cfg.lora.live_in(2):
-            state = self._gathered(lambda: self._plain(self.engine.module.state_dict()), everywhere=True)
+        merge = self.adapter and not self.cfg.lora.live_in(2)
+        if not merge and (self.adapter or self.grpo.kl_coef == 0):
+            return  # an adapter in every stage keeps its base as the reference
+        state = self._gathered(lambda: self._plain(self.engine.module.state_dict()), everywhere=True)
+        if merge:
             self.engine.destroy()
             self.engine, self.adapter = None, False
             self._build_engine(self._plain_model(state))
-        if self.grpo.kl_coef > 0 and not self.adapter:
-            state = self._gathered(lambda: self._plain(self.engine.module.state_dict()), everywhere=True)
+        if self.grpo.kl_coef > 0:
             self.reference = self._plain_model(state).to(self.device).eval().requires_grad_(False)
 
     def _plain(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
