@@ -1,5 +1,10 @@
 """Metrics sinks: one JSONL line per record, TensorBoard scalars, and Ray dashboard gauges.
 
+Ray serves a gauge on its node's Prometheus endpoint for about 20 s after the last `set` (its
+metrics agent drops a series once the emitter stops reporting it). A step can take longer than
+that, so the sink sets the current stage's gauges again every second: each series stays on the
+endpoint, with its last value, until the next training stage begins.
+
 On resume, what the interrupted run logged after its last checkpoint describes work that is done
 again: those JSONL records move to `metrics.interrupted.jsonl` and TensorBoard purges their steps,
 so that the curves follow the run that continues.
@@ -11,8 +16,14 @@ import json
 import math
 import os
 import re
+import threading
 import time
 from pathlib import Path
+
+
+# Ray's agent keeps a gauge for 2x its report interval (at least 1 s) after it arrives: a value set
+# again every second is never dropped.
+GAUGE_REFRESH_S = 1.0
 
 
 def set_aside_after(run_dir: Path, since: float) -> int:
@@ -56,6 +67,15 @@ class MetricsSink:
         self.run_name = run_name
         self.use_ray_metrics = use_ray_metrics
         self.gauges = {}
+        self.live: dict[tuple[str, str], float] = {}  # (gauge, stage) -> the value kept on the endpoint
+        self.live_lock, self.closing = threading.Lock(), threading.Event()
+        self.refresher = threading.Thread(target=self._refresh, name="gauge-refresh", daemon=True)
+
+    def begin_stage(self) -> None:
+        """A training stage begins: the series logged so far (the last stage's, its evaluation) are no
+        longer set again, so Ray drops them from the endpoint."""
+        with self.live_lock:
+            self.live.clear()
 
     def log(self, step: int, stage: str, metrics: dict[str, float]) -> None:
         record = {"time": time.time(), "step": step, "stage": stage, **metrics}
@@ -77,7 +97,21 @@ class MetricsSink:
         if name not in self.gauges:
             self.gauges[name] = Gauge(name, description=f"{key} of the current step", tag_keys=("run", "stage"))
         self.gauges[name].set(float(value), tags={"run": self.run_name, "stage": stage})
+        with self.live_lock:
+            self.live[(name, stage)] = float(value)
+        if self.refresher.ident is None:
+            self.refresher.start()
+
+    def _refresh(self) -> None:
+        while not self.closing.wait(GAUGE_REFRESH_S):
+            with self.live_lock:
+                live = list(self.live.items())
+            for (name, stage), value in live:
+                self.gauges[name].set(value, tags={"run": self.run_name, "stage": stage})
 
     def close(self) -> None:
+        self.closing.set()
+        if self.refresher.is_alive():
+            self.refresher.join()
         self.jsonl.close()
         self.tensorboard.close()

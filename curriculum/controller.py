@@ -121,6 +121,7 @@ class Controller:
 
     def _run_stage(self, stage: int, budget: int, step_fn) -> None:
         name = STAGE_NAMES[stage]
+        self.metrics.begin_stage()
         self._log(f"stage {stage} ({name}): steps {self.state.stage_step + 1}..{budget}")
         # A live bar in a terminal; in logs (no tty) the per-step lines say the same.
         bar = tqdm(total=budget, initial=self.state.stage_step, desc=f"stage {stage} {name}", disable=not sys.stderr.isatty(), leave=False)

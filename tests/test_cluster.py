@@ -115,14 +115,15 @@ def scrape(cluster) -> dict[tuple[str, str], float]:
 
 
 class Watcher(threading.Thread):
-    """Follows the run's metrics.jsonl while the job runs and acts at set points: the metrics scrape
-    once stage 1 is over, the rollout node's removal after stage-2 step 1, the learner node's after
-    the stage-2 step-2 checkpoint."""
+    """Follows the run's metrics.jsonl while the job runs and acts at set points: a metrics scrape
+    every second until stage 2 has logged, the rollout node's removal after stage-2 step 1, the
+    learner node's after the stage-2 step-2 checkpoint."""
 
     def __init__(self, cluster, run, learner_node, rollout_nodes: list):
         super().__init__(daemon=True)
         self.cluster, self.bucket, self.learner_node, self.rollout_nodes = cluster, run, learner_node, rollout_nodes
         self.done, self.events, self.scraped, self.error = threading.Event(), {}, {}, None
+        self.last_scrape = 0.0
 
     def run(self):
         try:
@@ -133,8 +134,10 @@ class Watcher(threading.Thread):
     def _follow(self):
         while not self.done.is_set():
             grpo = [r for r in records(self.bucket) if r["stage"] == "grpo"]
-            if grpo and "scraped" not in self.events:
-                self.scraped.update(scrape(self.cluster))  # a node's endpoint may miss one round
+            if "scraped" not in self.events and time.time() - self.last_scrape >= 1.0:
+                # From the start: a stage's gauges leave the endpoint once the next stage begins.
+                self.scraped.update(scrape(self.cluster))
+                self.last_scrape = time.time()
                 if {("bridge_loss", "sft"), ("bridge_reward_mean", "grpo")} <= set(self.scraped):
                     self.events["scraped"] = time.time()
             if grpo and "rollout_node_removed" not in self.events:
