@@ -36,6 +36,7 @@ from curriculum.data import Problem
 from curriculum.evaluation import evaluate, mine_failures
 from curriculum.faults import NonFiniteStreak
 from curriculum.prompter import Prompter
+from curriculum.remote_run import checkpoint_name
 from curriculum.run_dir import RunDir, RunState
 from curriculum.stages import STAGE_NAMES, batch_indices, problem_length, sampling_seed, sft_tasks, step_rng
 from curriculum.tasks import build_completion_task, build_rewrite_task, mask_ratio_at
@@ -74,7 +75,7 @@ class Controller:
         serves_adapter = adapter and lora.sync == "adapter"
         self.learners = LearnerGroup(
             self.placement, run.name, model_path if adapter else start_path, cfg.learner, cfg.grpo, cfg.cluster,
-            self.prompter.pad_id, cfg.storage, adapter=adapter,
+            self.prompter.pad_id, cfg.storage, adapter=adapter, reference_path=self._kl_reference(resume_from, adapter),
         )
         self.rollout = RolloutGroup(
             self.placement, run.name, model_path if serves_adapter else start_path, cfg.rollout, cfg.cluster, cfg.run.seed, cfg.storage,
@@ -88,6 +89,17 @@ class Controller:
             self.learners.load(str(resume_from))
             self._log(f"resumed from {resume_from}: stage {self.state.stage}, step {self.state.stage_step}")
             self._sync(bump=False)
+
+    def _kl_reference(self, resume_from: str | None, adapter: bool) -> str | None:
+        """Resumed within stage 2 or 3 with KL on: the stage-1 checkpoint, the policy a run that
+        goes straight through takes as its reference when stage 1 ends (None: the weights resumed)."""
+        if not resume_from or self.state.stage < 2 or self.cfg.grpo.kl_coef == 0 or adapter:
+            return None
+        stage1 = [c for c in self.run.complete_checkpoints(optimizer=False) if checkpoint_name(c).endswith(f"-stage1-{STAGE_NAMES[1]}")]
+        if not stage1:
+            self._log(f"warning: no complete stage-1 checkpoint in {self.run.location}: the KL reference is {checkpoint_name(resume_from)}")
+            return None
+        return str(stage1[-1])
 
     # ------------------------------------------------------------------------------------------
 

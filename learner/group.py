@@ -36,9 +36,10 @@ def combine(stats: list[dict[str, float]]) -> dict[str, float]:
 class LearnerGroup:
     def __init__(
         self, placement: Placement, run: str, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, cluster: ClusterConfig, pad_id: int,
-        storage: StorageConfig | None = None, adapter: bool = False,
+        storage: StorageConfig | None = None, adapter: bool = False, reference_path: str | None = None,
     ):
-        """`adapter`: train a fresh LoRA adapter (`cfg.lora`) on the weights at `model_path`."""
+        """`adapter`: train a fresh LoRA adapter (`cfg.lora`) on the weights at `model_path`.
+        `reference_path`: the KL reference's weights, when not those at `model_path`."""
         actor = ray.remote(LearnerWorker)
         self.cfg, self.grpo, self.cluster = cfg, grpo, cluster
         self.size = cfg.num_learners
@@ -50,7 +51,7 @@ class LearnerGroup:
         # Where each rank runs, kept from the start: once a node dies its bundles may move or vanish.
         self.nodes = [placement.node_id("learner", rank) for rank in range(self.size)]
         master_addr, master_port = self._call("address", what="learner-0 to pick a rendezvous address", ranks=[0])[0]
-        self._call("setup", master_addr, master_port, pad_id, adapter, what="the learner group to form its process group", timeout=cfg.init_timeout_s)
+        self._call("setup", master_addr, master_port, pad_id, adapter, reference_path, what="the learner group to form its process group", timeout=cfg.init_timeout_s)
         self.adapter = adapter
 
     def _call(self, method: str, *args, what: str, ranks: list[int] | None = None, timeout: float | None = None, per_rank: list | None = None):

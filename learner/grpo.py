@@ -20,7 +20,7 @@ class GRPOConfig:
     scale_advantages_by_std: bool = option(True, "Divide group-centred rewards by the group std (GRPO); false = mean-only (Dr. GRPO).")
     clip_low: float = option(0.2, "epsilon_low: the ratio is clipped below at 1 - clip_low.")
     clip_high: float = option(0.28, "epsilon_high: the ratio is clipped above at 1 + clip_high (DAPO's clip-higher).")
-    kl_coef: float = option(0.0, "beta for the k3 KL to a frozen reference model: the policy as stage 1 left it, or the checkpoint a run resumed from within stage 2 or 3 (with a LoRA adapter in every stage: the base, adapter off); 0 builds no reference model.")
+    kl_coef: float = option(0.0, "beta for the k3 KL to a frozen reference model: the policy as stage 1 left it (a run resumed within stage 2 or 3 loads it from the stage-1 checkpoint; with a LoRA adapter in every stage: the base, adapter off); 0 builds no reference model.")
     loss_aggregation: Literal["token_mean", "sequence_mean"] = option("token_mean", "'token_mean': every completion token weighs the same; 'sequence_mean': mean per sequence, then over sequences.")
     policy_epochs: int = option(1, "Passes of the learner over each rollout batch (ratios differ from 1 after the first).")
     skip_zero_advantage: bool = option(True, "Leave sequences whose advantage is 0 (groups whose rewards are all equal) out of the learner's forward and backward: their policy gradient is 0 and the loss keeps the whole batch's normaliser, so the update is unchanged. Not applied when kl_coef > 0.")

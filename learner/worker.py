@@ -45,10 +45,11 @@ class LearnerWorker:
     def address(self) -> tuple[str, int]:
         return free_address()
 
-    def setup(self, master_addr: str, master_port: int, pad_id: int, adapter: bool = False) -> int:
+    def setup(self, master_addr: str, master_port: int, pad_id: int, adapter: bool = False, reference_path: str | None = None) -> int:
         """Join the process group and build the engine, training a fresh LoRA adapter on the
         weights at `model_path` when `adapter` (a resume then loads the adapter's state), and the
-        reference model if KL is on (with an adapter: the base, the adapter switched off)."""
+        reference model if KL is on: the weights at `reference_path` when given, else the starting
+        ones (with an adapter: the base, the adapter switched off)."""
         import deepspeed
 
         os.environ.update(
@@ -63,16 +64,17 @@ class LearnerWorker:
         self.adapter = adapter
         self._build_engine(attach(model, self.cfg.lora) if adapter else model)
         if self.grpo.kl_coef > 0 and not adapter:
-            # A frozen copy of the starting policy; small students fit on every rank.
-            self.reference = self._plain_model().to(self.device).eval().requires_grad_(False)
+            # A frozen copy of the policy; small students fit on every rank.
+            path = resolve_on_node(reference_path, self.storage, lambda name: not name.startswith("deepspeed/")) if reference_path else None
+            self.reference = self._plain_model(path=path).to(self.device).eval().requires_grad_(False)
         return self.rank
 
-    def _plain_model(self, state: dict[str, torch.Tensor] | None = None):
-        """The model at `model_path`, or with the weights `state` (plain names) when given."""
+    def _plain_model(self, state: dict[str, torch.Tensor] | None = None, path: str | None = None):
+        """The model at `path` (default: `model_path`), with the weights `state` (plain names) when given."""
         from transformers import AutoModelForCausalLM
 
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path or self.model_path, dtype=dtype)
         if state is not None:
             model.load_state_dict(state)
         return model

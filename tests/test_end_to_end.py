@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -100,7 +101,8 @@ def test_kill_9_in_stage2_then_resume_auto_from_s3(tiny_model_dir, tmp_path, s3_
     """The run lives in a bucket (a loopback S3 server). The job is killed (SIGKILL, whole process
     group) after stage-2 step 3 began, one step past its periodic checkpoint, and its node's scratch
     is deleted, as if the node were gone; `--resume auto` against the bucket continues from that
-    checkpoint, and its first step draws the batch (problems, masks, prompts) the interrupted run drew."""
+    checkpoint, and its first step draws the batch (problems, masks, prompts) the interrupted run drew
+    and measures its KL against the same reference."""
     from transformers import AutoModelForCausalLM
 
     from cluster.storage import StorageConfig, Store, local_copy
@@ -110,7 +112,7 @@ def test_kill_9_in_stage2_then_resume_auto_from_s3(tiny_model_dir, tmp_path, s3_
     storage = StorageConfig(endpoint=s3_endpoint, scratch_dir=str(scratch))
     args = [
         *tiny_args(tiny_model_dir, "s3://bridge/e2e"), f"storage.endpoint={s3_endpoint}", f"storage.scratch_dir={scratch}",
-        "stages.grpo_steps=4", "stages.save_every=2",
+        "stages.grpo_steps=4", "stages.save_every=2", "grpo.kl_coef=0.05",
     ]
     command = [sys.executable, "-m", "launch.train", *args]
     env = {**os.environ, "HF_TOKEN": secret}
@@ -139,6 +141,9 @@ def test_kill_9_in_stage2_then_resume_auto_from_s3(tiny_model_dir, tmp_path, s3_
     resumed = {r["step"]: r for r in bucket_records() if r["stage"] == "grpo"}
     assert sorted(resumed) == [3, 4, 5, 6]  # the step logged after the checkpoint was set aside, then redone
     assert resumed[5]["batch_digest"] == interrupted[5]["batch_digest"]
+    # The KL reference is the policy stage 1 left, loaded from its checkpoint, not the one resumed
+    # from (against which the first resumed step's KL would start at 0).
+    assert interrupted[5]["kl"] > 0 and resumed[5]["kl"] == pytest.approx(interrupted[5]["kl"], rel=0.05)
     set_aside = [json.loads(line) for line in run.read_bytes("metrics.interrupted.jsonl").decode().splitlines()]
     assert [r["step"] for r in set_aside] == [5]
     checkpoints = run.folders("checkpoints")
