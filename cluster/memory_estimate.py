@@ -19,21 +19,24 @@ class ModelShape:
     layers: int
     kv_heads: int
     head_dim: int
+    adapter_parameters: int = 0  # a LoRA adapter trained in every stage (learner.lora.stages=all)
 
 
-def learner_bytes(parameters: int, precision: str, zero_stage: int, num_learners: int, kl_reference: bool) -> dict[str, float]:
+def learner_bytes(parameters: int, precision: str, zero_stage: int, num_learners: int, kl_reference: bool, adapter: int = 0) -> dict[str, float]:
     """Per learner, under DeepSpeed ZeRO with AdamW.
 
     ZeRO-1 shards the optimizer state over the learners, ZeRO-2 the gradients too, ZeRO-3 the
     weights too. bf16 keeps an fp32 master copy in the optimizer (4 bytes) beside Adam's two fp32
     moments (8 bytes); fp32 needs no master copy. The KL reference is a second, unsharded copy of
-    the weights in the training precision."""
+    the weights in the training precision. With a LoRA adapter of `adapter` parameters, only the
+    adapter has gradients and optimizer state; the frozen base is held as before."""
     width = DTYPE_BYTES[precision]
     share = 1.0 / num_learners
+    trainable = adapter or parameters
     out = {
-        "weights": parameters * width * (share if zero_stage >= 3 else 1.0),
-        "gradients": parameters * width * (share if zero_stage >= 2 else 1.0),
-        "optimizer": parameters * (12 if width == 2 else 8) * share,
+        "weights": (parameters + adapter) * width * (share if zero_stage >= 3 else 1.0),
+        "gradients": trainable * width * (share if zero_stage >= 2 else 1.0),
+        "optimizer": trainable * (12 if width == 2 else 8) * share,
     }
     if kl_reference:
         out["reference"] = float(parameters * width)

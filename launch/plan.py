@@ -19,9 +19,16 @@ def _sum(parts: dict[str, float]) -> str:
     return " + ".join(f"{k.replace('_', ' ')} {v / GIB:.1f}" for k, v in parts.items()) + f" = {gib(sum(parts.values()))}"
 
 
+def _adapter(cfg, shape: ModelShape) -> str:
+    lora = cfg.learner.lora
+    return f", a LoRA adapter in every stage (r{lora.rank}, {shape.adapter_parameters / 1e6:.1f} M trainable)" if shape.adapter_parameters else ""
+
+
 def estimates(cfg, shape: ModelShape) -> tuple[dict[str, float], dict[str, float], float | None]:
     """Per learner and per engine device: the parts in bytes, and the GPU budget (None on CPU)."""
-    learner = learner_bytes(shape.parameters, cfg.learner.precision, cfg.learner.zero_stage, cfg.learner.num_learners, cfg.grpo.kl_coef > 0)
+    # With an adapter in every stage the KL reference is the base with the adapter off: no copy.
+    adapter = shape.adapter_parameters
+    learner = learner_bytes(shape.parameters, cfg.learner.precision, cfg.learner.zero_stage, cfg.learner.num_learners, cfg.grpo.kl_coef > 0 and not adapter, adapter)
     rollout, tp = cfg.rollout, cfg.rollout.tensor_parallel_size
     on_gpu = cfg.cluster.gpus_per_rollout > 0
     gpu = cfg.cluster.gpu_memory_gb * GIB
@@ -73,7 +80,7 @@ def plan(cfg, shape: ModelShape, model: str) -> tuple[str, str | None]:
     lines = [
         f"plan for '{cfg.run.name}' on a Ray cluster of {len(nodes)} node(s) with {totals['CPU']:g} CPUs and {totals['GPU']:g} GPUs",
         f"model {model}: {shape.parameters / 1e9:.2f} B parameters; learners {cfg.learner.precision} ZeRO-{cfg.learner.zero_stage} x {cfg.learner.num_learners} "
-        f"with AdamW; vLLM {cfg.rollout.dtype}, tensor parallel {cfg.rollout.tensor_parallel_size}",
+        f"with AdamW{_adapter(cfg, shape)}; vLLM {cfg.rollout.dtype}, tensor parallel {cfg.rollout.tensor_parallel_size}",
         "memory per device in GiB (an estimate: activations, communication buffers and the CUDA context come on top)",
         f"{'actor':<11} {'node':<40} {'CPU':>4} {'GPU':>4}  memory",
     ]

@@ -114,7 +114,7 @@ def show_plan(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(JobConfig, args.config, args.overrides)
-        shape = model_shape(cfg.model.path, cfg.storage)
+        shape = model_shape(cfg.model.path, cfg.storage, cfg.learner.lora)
     except (ConfigError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -99,6 +99,18 @@ def attach(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
         return get_peft_model(model, peft_config(cfg), autocast_adapter_dtype=False)
 
 
+def adapter_parameters(model: torch.nn.Module, cfg: LoraConfig) -> int:
+    """How many parameters `attach` adds to `model`: rank x (in + out) for each adapted linear layer
+    (`all-linear`: every one but the output head, as peft chooses). Works on the meta device."""
+    head = model.get_output_embeddings()
+    every = cfg.target_modules == ["all-linear"]
+    return sum(
+        cfg.rank * (module.in_features + module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head and (every or name.rpartition(".")[2] in cfg.target_modules)
+    )
+
+
 def adapter_config(model) -> dict:
     """The adapter's `adapter_config.json`, as peft writes it."""
     config = model.peft_config[ADAPTER].to_dict()

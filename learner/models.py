@@ -209,9 +209,10 @@ def _locate(spec: str, progress: bool, storage: StorageConfig) -> str:
         raise ModelError(f"cannot fetch model '{spec}' from the hub: {err}") from err
 
 
-def model_shape(spec: str, storage: StorageConfig | None = None) -> ModelShape:
+def model_shape(spec: str, storage: StorageConfig | None = None, lora=None) -> ModelShape:
     """Parameter count and KV-cache shape from the model's config alone (no weights are read or
-    fetched: a hub model or a checkpoint URI needs only its config.json), for `launch.train --plan`."""
+    fetched: a hub model or a checkpoint URI needs only its config.json), for `launch.train --plan`;
+    with `lora` (learner.lora) training an adapter in every stage, that adapter's parameter count."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -236,6 +237,8 @@ def model_shape(spec: str, storage: StorageConfig | None = None) -> ModelShape:
             source = str(Path(hf_hub_download(spec, "config.json")).parent)
         except Exception as err:  # offline, unknown repo, gated
             raise ModelError(f"cannot fetch the config of model '{spec}' from the hub: {err}") from err
+    from learner.lora import adapter_parameters
+
     config = AutoConfig.from_pretrained(source)
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = AutoModelForCausalLM.from_config(config)
@@ -246,4 +249,5 @@ def model_shape(spec: str, storage: StorageConfig | None = None) -> ModelShape:
         layers=text.num_hidden_layers,
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+        adapter_parameters=adapter_parameters(model, lora) if lora is not None and lora.stages == "all" else 0,
     )

@@ -55,7 +55,8 @@ def train(*args, timeout=900):
 
 
 def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
-    """8 GPU bundles on 2 nodes x 4 declared GPUs (no CUDA touched): placed and sized; on 7 GPUs refused."""
+    """8 GPU bundles on 2 nodes x 4 declared GPUs (no CUDA touched): placed and sized, with full
+    weights and with an adapter in every stage; on 7 GPUs refused."""
     model = write_qwen25_3b_config(tmp_path)
     nodes = [cluster.add_node(num_cpus=16, num_gpus=4, **NODE) for _ in range(2)]
     try:
@@ -71,6 +72,11 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
         # bf16 ZeRO-2 over 4: weights 2P, gradients 2P/4, optimizer 12P/4 (P = 3.09e9)
         assert "weights 5.7 + gradients 1.4 + optimizer 8.6 = 15.8 GiB of 80.0 GiB" in rows[0]
         assert "weights 5.7 + kv cache 62.3 = 68.0 GiB" in rows[4]
+        # An r16 q/k/v/o adapter in every stage: 36 x 16 x (2 x (2048 + 2048) + 2 x (2048 + 256)) = 7.4 M
+        # parameters; only they have gradients and Adam state.
+        adapted = train(*args, "learner.lora.stages=all")
+        assert adapted.returncode == 0 and "a LoRA adapter in every stage (r16, 7.4 M trainable)" in adapted.stdout, adapted.stderr[-3000:]
+        assert "weights 5.8 + gradients 0.0 + optimizer 0.0 = 5.8 GiB of 80.0 GiB" in adapted.stdout, adapted.stdout
         too_big = train(*args, "learner.zero_stage=1", "learner.num_learners=1", "rollout.num_workers=7", "cluster.gpu_memory_gb=24")
         assert too_big.returncode == 2 and "error: learner-0 needs about 46.0 GiB per GPU before activations, but a GPU has 24.0 GiB" in too_big.stderr
         cluster.remove_node(nodes.pop())

@@ -69,6 +69,9 @@ def test_learner_memory_by_zero_stage_and_precision():
     assert learner_bytes(p, "bf16", 3, 4, True) == {"weights": 0.5e6, "gradients": 0.5e6, "optimizer": 3e6, "reference": 2e6}
     # fp32: no master copy, 8 bytes of moments
     assert learner_bytes(p, "fp32", 2, 2, False) == {"weights": 4e6, "gradients": 2e6, "optimizer": 4e6}
+    # a LoRA adapter of 10k parameters: the base and the adapter held, gradients and Adam for the adapter alone
+    assert learner_bytes(p, "bf16", 2, 4, False, adapter=10_000) == {"weights": 2.02e6, "gradients": 5e3, "optimizer": 3e4}
+    assert learner_bytes(p, "bf16", 3, 4, False, adapter=10_000) == {"weights": 0.505e6, "gradients": 5e3, "optimizer": 3e4}
 
 
 def test_engine_memory_and_kv_tokens():

@@ -53,6 +53,23 @@ def test_plain_state_is_peft_merge_and_unload(targets):
     assert len(adapter) == 2 * adapted and all(".default." not in name for name in adapter)
 
 
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["all-linear"]])
+def test_adapter_size_for_the_plan_is_what_peft_trains(targets, tiny_model_dir):
+    """`--plan` counts the adapter on the meta device; peft's trainable parameters agree, on the
+    test's model and on the tiny model read from its config alone."""
+    from transformers import AutoModelForCausalLM
+
+    from learner.models import model_shape
+
+    cfg = LoraConfig(stages="all", target_modules=targets, rank=8)
+    for model in (_tiny_llama(), AutoModelForCausalLM.from_pretrained(tiny_model_dir)):
+        counted = lora.adapter_parameters(model, cfg)
+        trained = sum(p.numel() for p in lora.attach(model, cfg).parameters() if p.requires_grad)
+        assert counted == trained > 0
+    assert model_shape(tiny_model_dir, lora=cfg).adapter_parameters == trained
+    assert model_shape(tiny_model_dir, lora=LoraConfig(stages="sft", target_modules=targets)).adapter_parameters == 0
+
+
 @settings(max_examples=30, deadline=None)
 @given(rank=st.integers(1, 8), scale=st.floats(0.1, 8.0), rows=st.integers(1, 6), cols=st.integers(1, 6))
 def test_merged_weight_is_computed_in_fp32_and_cast_once(rank, scale, rows, cols):
