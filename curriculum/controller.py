@@ -38,7 +38,7 @@ from curriculum.faults import NonFiniteStreak
 from curriculum.prompter import Prompter
 from curriculum.remote_run import checkpoint_name
 from curriculum.run_dir import RunDir, RunState
-from curriculum.stages import STAGE_NAMES, batch_indices, problem_length, sampling_seed, sft_tasks, step_rng
+from curriculum.stages import STAGE_NAMES, batch_indices, problem_length, sampling_seed, sft_tasks, stage_end_label, step_rng
 from curriculum.tasks import build_completion_task, build_rewrite_task, mask_ratio_at
 from learner.group import LearnerGroup
 from learner.models import resolve_on_node
@@ -95,8 +95,8 @@ class Controller:
         goes straight through takes as its reference when stage 1 ends (None: the weights resumed)."""
         if not resume_from or self.state.stage < 2 or self.cfg.grpo.kl_coef == 0 or adapter:
             return None
-        stage1 = [c for c in self.run.complete_checkpoints(optimizer=False) if checkpoint_name(c).endswith(f"-stage1-{STAGE_NAMES[1]}")]
-        if not stage1:
+        stage1 = [c for c in self.run.committed_checkpoints() if checkpoint_name(c).endswith("-" + stage_end_label(1))]
+        if not stage1 or self.run.problem(stage1[-1], optimizer=False):
             self._log(f"warning: no complete stage-1 checkpoint in {self.run.location}: the KL reference is {checkpoint_name(resume_from)}")
             return None
         return str(stage1[-1])
@@ -158,7 +158,7 @@ class Controller:
             self._sync()  # stage 1 trains without rollouts; the workers catch up once here
         self._evaluate(f"after-stage{stage}")
         self.state = dataclasses.replace(self.state, stage=stage + 1, stage_step=0)
-        self._checkpoint(f"stage{stage}-{name}", stage_end=True)
+        self._checkpoint(stage_end_label(stage), stage_end=True)
 
     def _problems(self, pool: list[Problem], stage: int, step: int, size: int) -> list[Problem]:
         return [pool[i] for i in batch_indices(len(pool), size, step, self.cfg.run.seed, stage)]

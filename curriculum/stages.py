@@ -33,6 +33,11 @@ class StagesConfig:
 STAGE_NAMES = {1: "sft", 2: "grpo", 3: "rewrite"}
 
 
+def stage_end_label(stage: int) -> str:
+    """The label of the checkpoint taken when `stage` ends (its folder: NNNNNN-<label>)."""
+    return f"stage{stage}-{STAGE_NAMES[stage]}"
+
+
 def _stream(num_items: int, start: int, stop: int, seed: int, stage: int) -> list[int]:
     """Positions [start, stop) of the stage's endless problem stream: epoch after epoch, each
     epoch a fresh seeded shuffle."""

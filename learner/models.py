@@ -154,6 +154,11 @@ def check_lora_targets(folder: str, lora) -> None:
         raise ModelError(f"learner.lora.target_modules: the model at {folder} has no linear layer named {', '.join(bad)} (it has {', '.join(sorted(linear_layer_names(model)))})")
 
 
+def model_file(name: str) -> bool:
+    """Of a checkpoint's files, those that make the model: all but the optimizer state."""
+    return not name.startswith("deepspeed/")
+
+
 def resolve_model(spec: str, progress: bool = True, storage: StorageConfig | None = None) -> str:
     """A local folder that transformers and vLLM can both load, for the model named by `spec`."""
     return check_loadable(_locate(spec, progress, storage or StorageConfig()), spec)
@@ -181,7 +186,7 @@ def _locate(spec: str, progress: bool, storage: StorageConfig) -> str:
         try:
             if not Store.open(spec, storage).exists("config.json"):
                 raise ModelError(f"model not found: {spec} has no config.json (expected a checkpoint or save_pretrained folder)")
-            return local_copy(spec, storage, lambda name: not name.startswith("deepspeed/"))
+            return local_copy(spec, storage, model_file)
         except (StorageError, OSError) as err:
             raise ModelError(f"model {spec}: {err}") from None
     if spec in EMBEDDED:

@@ -25,7 +25,7 @@ from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
 from learner.host import free_address, resident_gib
 from learner.lora import adapter_config, adapter_state, attach, export_plan, plain_state, scale_of
-from learner.models import freeze_bottom_layers, resolve_on_node
+from learner.models import freeze_bottom_layers, model_file, resolve_on_node
 
 
 class LearnerWorker:
@@ -65,7 +65,7 @@ class LearnerWorker:
         self._build_engine(attach(model, self.cfg.lora) if adapter else model)
         if self.grpo.kl_coef > 0 and not adapter:
             # A frozen copy of the policy; small students fit on every rank.
-            path = resolve_on_node(reference_path, self.storage, lambda name: not name.startswith("deepspeed/")) if reference_path else None
+            path = resolve_on_node(reference_path, self.storage, model_file) if reference_path else None
             self.reference = self._plain_model(path=path).to(self.device).eval().requires_grad_(False)
         return self.rank
 

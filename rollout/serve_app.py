@@ -51,11 +51,11 @@ def build_app(model_path: str, cfg: ServeConfig):
     class StudentServer:
         def __init__(self, model_path: str, cfg: ServeConfig):
             from cluster.storage import StorageConfig
-            from learner.models import resolve_on_node
+            from learner.models import model_file, resolve_on_node
             from rollout.streaming import StreamingEngine
 
             # Each replica resolves the model on its own node (a checkpoint URI: model files only).
-            model_path = resolve_on_node(model_path, StorageConfig(), lambda name: not name.startswith("deepspeed/"))
+            model_path = resolve_on_node(model_path, StorageConfig(), model_file)
             self.api = OpenAIServer(StreamingEngine(model_path, cfg.engine, cfg.seed), cfg.name, cfg.default_max_tokens)
 
         @app.get("/health")

@@ -7,7 +7,7 @@ import time
 import torch
 
 from cluster.storage import StorageConfig
-from learner.models import resolve_on_node
+from learner.models import model_file, resolve_on_node
 from rollout.config import RolloutConfig
 from rollout.engine import Completion, RolloutEngine
 
@@ -19,7 +19,7 @@ class RolloutWorker:
     ):
         self.index = index
         # Resolved on this node; of a checkpoint on shared storage, its weights, config and tokenizer.
-        model_path = resolve_on_node(model_path, storage or StorageConfig(), lambda name: not name.startswith("deepspeed/"))
+        model_path = resolve_on_node(model_path, storage or StorageConfig(), model_file)
         # Distinct seeds so that the workers' groups are not copies of each other.
         self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index, weight_receiver=weight_receiver, max_lora_rank=max_lora_rank)
 
