@@ -109,7 +109,7 @@ def measure_rollout(config: str, kind: str, prompts: int, dtype: str) -> dict:
     syncs = []
     for version in range(1, 4):
         start = time.perf_counter()
-        sent = engine.load_weights(weights, version)
+        sent, _ = engine.load_weights(weights, version)
         syncs.append(time.perf_counter() - start)
     ids = [prompter.prompt_ids(build_eval_task(p)) for p in train[:prompts]]
     engine.generate(ids[:2], 1, 0.0, 1.0, 16, logprobs=False)  # warm-up

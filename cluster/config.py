@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from cluster.devices import Transport, choose_transport
 from cluster.typed_config import option
 
 
@@ -21,14 +22,17 @@ class ClusterConfig:
     learner_labels: dict[str, str] = option({}, "Ray node labels a learner's node must carry (nodes get them from `ray start --labels`), e.g. {pool: train}; {} = any node.")
     rollout_labels: dict[str, str] = option({}, "Ray node labels a rollout worker's node must carry, e.g. {pool: rollout}; {} = any node. A worker whose node dies restarts on another node with these labels and room.")
     gpu_memory_gb: float = option(80.0, "Memory of one GPU in GiB, for the fit check of `launch.train --plan` (Ray does not report it).")
-    weight_transport: Literal["auto", "object_store", "collective"] = option("auto", "Learner -> rollout weight sync: 'object_store' (packed into Ray's object store, which every worker reads), 'collective' (one group of learner rank 0 + every vLLM worker, broadcast in flat buckets: NCCL on GPU, gloo on CPU), 'auto' = collective when the actors have GPUs, else object_store (on one CPU box the two sync equally fast, and the object store needs no group: docs/performance.md).")
+    weight_transport: Literal["auto", "object_store", "collective"] = option("auto", "Learner -> rollout weight sync: 'object_store' (packed into Ray's object store, which every worker reads), 'collective' (one group of learner rank 0 + every vLLM worker, broadcast in flat buckets: NCCL on GPU, gloo on CPU), 'auto' = collective when every learner and rollout worker has whole GPUs of its own, else object_store (NCCL refuses two members on one GPU, so fractional or colocated-and-shared GPUs use the object store; on one CPU box the two sync equally fast: docs/performance.md). An explicit 'collective' that cannot form is refused before anything starts.")
     bucket_mb: int = option(32, "Collective transport: parameters are broadcast in flat buckets of about this many MiB (one dtype each; under ZeRO-3 each bucket is gathered as it is sent). On CPU 8-32 MiB synced fastest (docs/performance.md): the engine loads one bucket while the next arrives. Not yet measured on GPU.")
     rollout_max_restarts: int = option(3, "Times Ray restarts a rollout worker that died; the restarted worker gets the current weights and its lost share of the batch is generated again.")
     placement_timeout_s: float = option(120.0, "Seconds to wait for the placement group's resources.")
     call_timeout_s: float = option(1800.0, "Seconds any one remote call (generate, train step, save) may take before the run stops with an error naming it.")
     sync_timeout_s: float = option(300.0, "Seconds a weight sync to the rollout workers may take.")
+    verify_sync_every: int = option(20, "Check that every rollout worker received exactly the learner's weights (a digest of each tensor, sent against received) on the first sync after each group formation and then every this many syncs; a mismatch stops the run naming the worker and the tensor. 0 = the first sync after each formation only. Costs one hash of the weights on each side (docs/performance.md).")
+
+    def transport_choice(self) -> Transport:
+        """The weight transport and why (an explicit 'collective' that cannot form: DeviceError)."""
+        return choose_transport(self.weight_transport, self.gpus_per_learner, self.gpus_per_rollout)
 
     def transport(self) -> str:
-        if self.weight_transport != "auto":
-            return self.weight_transport
-        return "collective" if self.gpus_per_learner and self.gpus_per_rollout else "object_store"
+        return self.transport_choice().name

@@ -57,5 +57,29 @@ def kv_tokens(shape: ModelShape, dtype: str, tensor_parallel: int, kv_cache: flo
     return max(0, int(kv_cache // per_token))
 
 
+def worst_gpu_share(learner: tuple[float, int, float], engine: tuple[float, int, float], colocate: bool) -> tuple[int, int, float]:
+    """The most that actors with fractional GPUs may put on one GPU: (learners, engines, bytes).
+
+    Each role is (GPUs per actor, actors, bytes per actor). A colocated bundle whose learner and
+    engine both hold a fraction puts the pair on one GPU (and, when the pair is itself a
+    fraction, several pairs); otherwise Ray may pack any fractional actors onto one device (two
+    engines at 0.5, say). Every vLLM engine takes its share of the card for the whole run; an
+    actor with whole GPUs shares none."""
+    (learner_gpus, learners, learner_each), (engine_gpus, engines, engine_each) = learner, engine
+
+    def fits(gpus: float, count: int) -> int:
+        return min(count, int(1 / gpus + 1e-9)) if 0 < gpus < 1 else 0
+
+    if colocate and fits(learner_gpus, 1) and fits(engine_gpus, 1):
+        pairs = fits(learner_gpus + engine_gpus, max(learners, engines)) or 1
+        return pairs, pairs, pairs * (learner_each + engine_each)
+    best = (0, 0, 0.0)
+    for a in range(fits(learner_gpus, learners) + 1):
+        for b in range(fits(engine_gpus, engines) + 1):
+            if a * learner_gpus + b * engine_gpus <= 1 + 1e-9 and a * learner_each + b * engine_each > best[2]:
+                best = (a, b, a * learner_each + b * engine_each)
+    return best
+
+
 def gib(value: float) -> str:
     return f"{value / GIB:.1f} GiB"

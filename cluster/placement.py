@@ -4,7 +4,8 @@ Separate layout: bundles [learner-0 .. learner-M-1, rollout-0 .. rollout-N-1].
 Colocated layout: bundle i holds learner i and rollout worker i (they share its GPU).
 One group for both roles makes the reservation all-or-nothing: a job never starts half placed.
 Each bundle may require node labels (`cluster.learner_labels` / `rollout_labels`); the layout is
-checked against the live nodes (cluster/layout.py) before anything is reserved.
+checked against the live nodes (cluster/layout.py), and its GPUs against what NCCL and vLLM
+accept (cluster/devices.py), before anything is reserved.
 Actors are named `<run>/learner-<i>` and `<run>/rollout-<i>` so they read well in the dashboard.
 """
 
@@ -18,6 +19,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, placement_
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.config import ClusterConfig
+from cluster.devices import DeviceError, check_learner_gpus, hidden_gpus_env
 from cluster.layout import Demand, LayoutError, Node, assign
 
 
@@ -70,9 +72,28 @@ def describe_node(node_id: str, settle_s: float = 0.0) -> str:
         time.sleep(0.5)
 
 
-def check_layout(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> list[Node]:
-    """Before anything is written or started: can the connected cluster hold the layout? Returns
-    the node first fit would give each bundle (Ray's scheduler makes the final choice)."""
+def check_devices(num_learners: int, num_rollout: int, cfg: ClusterConfig, tensor_parallel: int = 1) -> None:
+    """The layout's GPUs against what NCCL and vLLM accept: no two ranks of one NCCL group on one
+    GPU, a weight transport that can form, whole GPUs for a tensor-parallel engine."""
+    try:
+        if num_learners:
+            check_learner_gpus(num_learners, cfg.gpus_per_learner, cfg.gpus_per_rollout, cfg.colocate)
+        if num_learners and num_rollout:
+            cfg.transport_choice()
+    except DeviceError as err:
+        raise PlacementError(str(err)) from None
+    if num_rollout and tensor_parallel > 1 and cfg.gpus_per_rollout and cfg.gpus_per_rollout != tensor_parallel:
+        raise PlacementError(
+            f"rollout.tensor_parallel_size={tensor_parallel} runs one engine on {tensor_parallel} GPUs, but cluster.gpus_per_rollout="
+            f"{cfg.gpus_per_rollout:g}; set it to {tensor_parallel}"
+        )
+
+
+def check_layout(num_learners: int, num_rollout: int, cfg: ClusterConfig, tensor_parallel: int = 1) -> list[Node]:
+    """Before anything is written or started: can the connected cluster hold the layout, and can
+    its devices work? Returns the node first fit would give each bundle (Ray's scheduler makes
+    the final choice)."""
+    check_devices(num_learners, num_rollout, cfg, tensor_parallel)
     demands, _, _ = demands_for(num_learners, num_rollout, cfg)
     try:
         return assign(demands, live_nodes(), cfg.strategy)
@@ -87,8 +108,10 @@ class Placement:
     rollout_bundles: list[int]
 
     def options(self, role: str, index: int, run: str, cfg: ClusterConfig, env: dict[str, str] | None = None) -> dict:
-        """Ray actor options for actor `index` of `role` ('learner' or 'rollout')."""
+        """Ray actor options for actor `index` of `role` ('learner' or 'rollout'); an actor with
+        no GPU sees none (cluster/devices.py)."""
         cpus, gpus = (cfg.cpus_per_learner, cfg.gpus_per_learner) if role == "learner" else (cfg.cpus_per_rollout, cfg.gpus_per_rollout)
+        env = {**hidden_gpus_env(gpus), **(env or {})}
         options = {
             "name": f"{run}/{role}-{index}",
             "num_cpus": cpus,
@@ -113,9 +136,9 @@ class Placement:
         remove_placement_group(self.group)
 
 
-def place(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> Placement:
+def place(num_learners: int, num_rollout: int, cfg: ClusterConfig, tensor_parallel: int = 1) -> Placement:
     demands, learner_bundles, rollout_bundles = demands_for(num_learners, num_rollout, cfg)
-    check_layout(num_learners, num_rollout, cfg)
+    check_layout(num_learners, num_rollout, cfg, tensor_parallel)
     selectors = [d.labels for d in demands]
     group = placement_group(
         [d.resources for d in demands], strategy=cfg.strategy,

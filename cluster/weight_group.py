@@ -3,13 +3,17 @@
 It is formed outside DeepSpeed's and vLLM's own process groups (no `init_process_group`), from a
 TCPStore hosted by learner rank 0 (rank 0 of this group). The communicator is the only part that
 differs by device: torch's gloo process group on CPU, vLLM's `PyNcclCommunicator` on GPU. The
-group formation, the bucket plan, the deadlines and the messages are the same on both.
+group formation, the bucket plan, the deadlines and the messages are the same on both: gloo
+bounds a broadcast by its own timeout; an NCCL broadcast has none, so it is waited for by polling
+its CUDA event against the same deadline, and the communicator is aborted when that passes.
 
 No Ray here: the learner actor and the vLLM worker extension both build one of these.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import torch
@@ -48,7 +52,7 @@ class WeightGroup:
     """One member of the weight group; `names[r]` says who rank r is, for the error messages."""
 
     def __init__(self, host: str, port: int, rank: int, names: list[str], timeout_s: float, device: torch.device):
-        self.rank, self.names, self.device = rank, names, device
+        self.rank, self.names, self.device, self.timeout_s = rank, names, device, timeout_s
         timeout = timedelta(seconds=timeout_s)
         world_size = len(names)
         # Rank 0 hosts the store; the others connect to it, retrying until the deadline.
@@ -58,10 +62,7 @@ class WeightGroup:
             raise WeightGroupError(f"{names[rank]} could not reach the weight group's store at {host}:{port}: {err}") from None
         self._await_members(timeout_s)
         if device.type == "cuda":
-            from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-            from vllm.distributed.utils import StatelessProcessGroup
-
-            self.comm = PyNcclCommunicator(StatelessProcessGroup(rank, world_size, self.store), device=device)
+            self.comm = nccl_communicator(self.store, rank, world_size, device, names[rank])
         else:
             self.comm = dist.ProcessGroupGloo(dist.PrefixStore("gloo", self.store), rank, world_size, timeout)
 
@@ -79,9 +80,15 @@ class WeightGroup:
             raise WeightGroupError(f"{who} never joined the weight group within {timeout_s:.0f} s") from None
 
     def broadcast(self, flat: torch.Tensor) -> None:
-        """Rank 0 sends `flat`; every other member receives into it."""
+        """Rank 0 sends `flat`; every other member receives into it. Returns once it arrived."""
         if self.device.type == "cuda":
-            self.comm.broadcast(flat, src=0, stream=torch.cuda.current_stream())
+            stream = torch.cuda.current_stream()
+            self.comm.broadcast(flat, src=0, stream=stream)
+            done = torch.cuda.Event()
+            done.record(stream)
+            if not wait_for(done.query, self.timeout_s):
+                self.comm.destroy()  # ncclCommAbort: the kernel waiting on a lost peer returns
+                raise WeightGroupError(f"{self.names[self.rank]}: the weight broadcast did not finish within {self.timeout_s:.0f} s (a peer stopped answering)")
             return
         options = dist.BroadcastOptions()
         options.rootRank = 0
@@ -92,6 +99,39 @@ class WeightGroup:
 
     def close(self) -> None:
         """Let the communicator's connections and threads and the store's port go."""
-        if self.device.type != "cuda":
+        if self.device.type == "cuda":
+            self.comm.destroy()
+        else:
             self.comm.shutdown()
         del self.comm, self.store
+
+
+def nccl_communicator(store: dist.Store, rank: int, world_size: int, device: torch.device, who: str):
+    """vLLM's NCCL communicator over a store-backed group, refused when it would send nothing."""
+    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    from vllm.distributed.utils import StatelessProcessGroup
+
+    comm = PyNcclCommunicator(StatelessProcessGroup(rank, world_size, store), device=device)
+    require_enabled(comm, who)
+    return comm
+
+
+def require_enabled(comm, who: str) -> None:
+    """`PyNcclCommunicator` marks itself disabled when libnccl fails to load, VLLM_DISABLE_PYNCCL is
+    set or the group has one member, and its `broadcast` then returns at once, having sent
+    nothing: the rollout workers would keep stale weights while the sync counts as done."""
+    if getattr(comm, "disabled", True) or not getattr(comm, "available", False):
+        raise WeightGroupError(
+            f"{who}: vLLM's NCCL communicator is disabled (libnccl did not load, VLLM_DISABLE_PYNCCL is set, "
+            "or the group has one member), so its broadcasts would send nothing"
+        )
+
+
+def wait_for(done: Callable[[], bool], timeout_s: float, poll_s: float = 0.0005) -> bool:
+    """Poll `done` until it is true (True) or `timeout_s` has passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True

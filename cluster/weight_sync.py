@@ -13,7 +13,10 @@ While a LoRA adapter trains, the workers receive the plain model's weights with 
 (computed from the untouched base at each sync, `learner/lora.py`), or, with
 `learner.lora.sync: adapter`, the adapter alone, always through the object store.
 Every sync is bounded by `cluster.sync_timeout_s` and fails with a message naming what it waited
-for and who had not answered. A rollout worker that Ray restarted is brought to the last synced
+for and who had not answered. The first sync after each group formation (for the object store:
+the first, and each restore) and every `cluster.verify_sync_every` syncs after that are checked:
+every vLLM worker's digests of what it loaded against learner-0's of what it sent
+(`cluster/weight_check.py`). A rollout worker that Ray restarted is brought to the last synced
 version by `restore` (for the collective transport, in a newly formed group).
 """
 
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import ray
 
 from cluster.remote import ActorDied, RemoteCallError, wait_all
+from cluster.weight_check import first_mismatch, verify_due
 from learner.group import LearnerGroup
 from rollout.group import RolloutGroup
 
@@ -41,11 +45,16 @@ class WorkerLost(ActorDied):
         self.worker = worker
 
 
+class SyncCheckFailed(RemoteCallError):
+    """A rollout worker loaded weights that differ from what the learner sent."""
+
+
 @dataclass(frozen=True)
 class SyncResult:
     version: int
     seconds: float
     bytes: int
+    verified: bool = False  # every worker's weights were checked against the learner's
 
 
 class WeightSync:
@@ -57,6 +66,7 @@ class WeightSync:
         self.transport = transport or self.cluster.transport()
         self.version: int | None = None  # last version pushed; None = workers run the starting weights
         self.formed = False  # collective transport: whether the current group is whole
+        self.since_formation = 0  # syncs since the group formed (object store: since the start)
         if self.transport == "collective":
             self.buckets = self.learners.weight_buckets(self.cluster.bucket_mb)
             self._form_group()
@@ -64,8 +74,12 @@ class WeightSync:
 
     def member_names(self) -> list[str]:
         """Who each rank of the weight group is: learner-0, then every vLLM worker of every engine."""
-        tp = self.rollout.cfg.tensor_parallel_size
-        return ["learner-0", *(name if tp == 1 else f"{name}/tp-{j}" for name in self.rollout.names for j in range(tp))]
+        return ["learner-0", *(name for i in range(len(self.rollout.names)) for name in self.engine_members(i))]
+
+    def engine_members(self, index: int) -> list[str]:
+        """The vLLM workers of rollout worker `index`: one per tensor-parallel shard."""
+        tp, name = self.rollout.cfg.tensor_parallel_size, self.rollout.names[index]
+        return [name] if tp == 1 else [f"{name}/tp-{j}" for j in range(tp)]
 
     def _form_group(self) -> None:
         """A new group on a new port; every member leaves the one it was in."""
@@ -77,7 +91,7 @@ class WeightSync:
             w.join_weight_group.remote(host, port, 1 + i * tp, names, MEMBER_SHARE_OF_TIMEOUT * timeout)
             for i, w in enumerate(self.rollout.workers)
         ]
-        self.formed = False
+        self.formed, self.since_formation = False, 0
         try:
             wait_all(refs, timeout, f"learner-0 and {len(self.rollout.workers)} rollout worker(s) to form the weight group", ["learner-0", *self.rollout.names])
         except ActorDied as err:
@@ -93,32 +107,33 @@ class WeightSync:
         start = time.perf_counter()
         for _ in range(self.cluster.rollout_max_restarts + 1):
             try:
-                received = self._broadcast(version) if self._collective() else self._push(version, None)
+                if self._collective() and not self.formed:  # the first sync, or a failed broadcast tore the last group down
+                    self._form_group()
+                verify = verify_due(self.since_formation, self.cluster.verify_sync_every)
+                received = self._broadcast(version, verify) if self._collective() else self._push(version, None, verify)
                 break
             except WorkerLost as lost:
                 self.rollout.await_restart(lost.worker, f"the sync of weight version {version}")
         else:
             raise RemoteCallError(f"weight version {version} could not reach the rollout workers: they kept dying ({self.cluster.rollout_max_restarts + 1} tries)")
         self.version = version
-        return SyncResult(version, time.perf_counter() - start, received)
+        self.since_formation += 1
+        return SyncResult(version, time.perf_counter() - start, received, verify)
 
     def _collective(self) -> bool:
         """A LoRA adapter alone (a small share of the weights) always goes through the object store."""
         return self.transport == "collective" and not self.learners.sends_adapter
 
-    def _broadcast(self, version: int) -> int:
+    def _broadcast(self, version: int, verify: bool) -> int:
         """Collective transport: every rollout worker receives while every learner rank sends
         (rank 0 broadcasts; under ZeRO-3 the others join the gathers)."""
-        if not self.formed:  # a failed broadcast tore the last group down
-            self._form_group()
         self.formed = False
-        receive = [w.receive_weights.remote(self.buckets, version) for w in self.rollout.workers]
-        send = [a.send_weights.remote(self.buckets) for a in self.learners.actors]
+        receive = [w.receive_weights.remote(self.buckets, version, verify) for w in self.rollout.workers]
+        send = [a.send_weights.remote(self.buckets, verify) for a in self.learners.actors]
         what = f"the broadcast of weight version {version}"
         try:
-            received = wait_all(receive + send, self.cluster.sync_timeout_s, what, [*self.rollout.names, *self.learners.names])[0]
+            received = wait_all(receive + send, self.cluster.sync_timeout_s, what, [*self.rollout.names, *self.learners.names])[: len(receive)]
             self.formed = True
-            return received
         except RemoteCallError as err:
             if isinstance(err, ActorDied) and err.index < len(receive):
                 raise WorkerLost(str(err), err.index) from err
@@ -128,21 +143,37 @@ class WeightSync:
             # The first error may be the sender's ("timed out"): say which receivers stopped.
             unfinished = [name for name, ref in zip(self.rollout.names, receive) if not ray.wait([ref], timeout=0)[0]]
             raise RemoteCallError(f"{err}; rollout workers that had not received it: {', '.join(unfinished) or 'none'}") from err
+        if verify:
+            self._check(version, range(len(receive)), received)
+        return received[0][0]
 
-    def _push(self, version: int, indices: list[int] | None) -> int:
+    def _push(self, version: int, indices: list[int] | None, verify: bool) -> int:
         """Object-store transport: export once, load on the workers (all, or `indices`)."""
-        weights, all_ranks = self.learners.export_weights()
+        indices = list(range(len(self.rollout.workers))) if indices is None else indices
+        weights, all_ranks = self.learners.export_weights(verify=verify)
         what = f"learners to export weight version {version}"
         try:
-            received = self.rollout.load_weights(weights, version, indices)
+            received = self.rollout.load_weights(weights, version, indices, verify)
         except ActorDied as err:
-            raise WorkerLost(str(err), (indices or range(len(self.rollout.workers)))[err.index]) from err
+            raise WorkerLost(str(err), indices[err.index]) from err
         except RemoteCallError:
             self.learners.wait(all_ranks, self.cluster.sync_timeout_s, what)  # a lost learner is the cause: say so
             raise
         # Ranks other than 0 return nothing, but their gather must have finished too.
         self.learners.wait(all_ranks, self.cluster.sync_timeout_s, what)
-        return received
+        if verify:
+            self._check(version, indices, received)
+        return received[0][0]
+
+    def _check(self, version: int, indices, received: list) -> None:
+        """Every vLLM worker of rollout workers `indices` loaded exactly what learner-0 sent;
+        `received` holds each one's (bytes, [digests of each of its vLLM workers])."""
+        sent = self.learners.sent_digests()
+        for index, (_, digests) in zip(indices, received):
+            for member, loaded in zip(self.engine_members(index), digests):
+                problem = first_mismatch(sent, loaded)
+                if problem:
+                    raise SyncCheckFailed(f"weight version {version} did not reach {member} intact: {problem}")
 
     def restore(self, index: int) -> None:
         """A restarted rollout worker runs the starting weights: give it the last synced version."""
@@ -151,6 +182,7 @@ class WeightSync:
         if self._collective():
             # The restarted worker lost its place in the group: form a new one, then broadcast.
             self._form_group()
-            self._broadcast(self.version)
+            self._broadcast(self.version, verify=True)
+            self.since_formation = 1
         else:
-            self._push(self.version, [index])
+            self._push(self.version, [index], verify=True)

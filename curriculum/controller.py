@@ -67,7 +67,7 @@ class Controller:
         self.prompter = Prompter(self.tokenizer, cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
         self.nonfinite = NonFiniteStreak(cfg.learner.max_nonfinite_updates)
         self.metrics = MetricsSink(run.path, cfg.run.name, resumed_at=(self.state.saved_at, self.state.global_step) if resume_from else None)
-        self.placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster)
+        self.placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster, cfg.rollout.tensor_parallel_size)
         # While a LoRA adapter trains, the learners (and engines that serve the adapter) start from
         # the base; a checkpoint's save_pretrained folder holds base and adapter merged.
         lora = cfg.learner.lora

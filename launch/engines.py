@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from rollout.config import RolloutConfig
 
 
@@ -34,9 +32,7 @@ class InProcessRollout:
 
     def generate(self, prompts, n, temperature, max_tokens, top_p=1.0, logprobs=True, seed=None):
         start = time.perf_counter()
-        if seed is not None:
-            torch.manual_seed(seed)  # the engine samples from torch's default generator
-        out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs)
+        out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs, seed)
         return out, {self.engine.version}, time.perf_counter() - start
 
 
@@ -54,5 +50,5 @@ def open_rollout(model_path: str, cfg: RolloutConfig, workers: int, name: str, s
     ray.init(address=None, dashboard_host="127.0.0.1")
     gpus = cfg.tensor_parallel_size if ray.cluster_resources().get("GPU", 0) else 0
     cluster = ClusterConfig(gpus_per_rollout=gpus)
-    placement = place(0, workers, cluster)
+    placement = place(0, workers, cluster, cfg.tensor_parallel_size)
     return RolloutGroup(placement, name, model_path, cfg, cluster, seed=seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from cluster.memory_estimate import GIB, ModelShape, engine_bytes, gib, kv_tokens, learner_bytes
+from cluster.memory_estimate import GIB, ModelShape, engine_bytes, gib, kv_tokens, learner_bytes, worst_gpu_share
 from cluster.placement import Placement, PlacementError, describe_node, live_nodes, place
 
 
@@ -40,18 +40,37 @@ def estimates(cfg, shape: ModelShape) -> tuple[dict[str, float], dict[str, float
     return learner, engine, (gpu if on_gpu or cfg.cluster.gpus_per_learner > 0 else None)
 
 
+def gpu_share(cfg, learner: dict[str, float], engine: dict[str, float]) -> tuple[int, int, float]:
+    """The learners and engines that may share one GPU at worst, and what they hold together."""
+    cluster = cfg.cluster
+    return worst_gpu_share(
+        (cluster.gpus_per_learner, cfg.learner.num_learners, sum(learner.values())),
+        (cluster.gpus_per_rollout, cfg.rollout.num_workers, sum(engine.values())), cluster.colocate,
+    )
+
+
+def _sharers(learners: int, engines: int) -> str:
+    return " and ".join(f"{n} {role}{'s' if n > 1 else ''}" for n, role in ((learners, "learner"), (engines, "engine")) if n)
+
+
 def check_fit(cfg, learner: dict[str, float], engine: dict[str, float], gpu: float | None, nodes_of: dict[str, str], memory_of: dict[str, float]) -> None:
     """Refuse, naming the first actor or node that is short: on GPUs per device, on CPUs per node."""
     if engine["kv_cache"] <= 0:
         where = f"rollout.gpu_memory_utilization x {cfg.cluster.gpu_memory_gb:g} GiB" if cfg.cluster.gpus_per_rollout else "its reservation"
         raise PlacementError(f"rollout-0: the weights alone ({gib(engine['weights'])} per device) leave no KV cache in {where}")
-    if gpu is not None and cfg.cluster.gpus_per_learner > 0:
-        budget = gpu * ((1 - cfg.rollout.gpu_memory_utilization) if cfg.cluster.colocate else 1.0)
-        if sum(learner.values()) > budget:
-            share = " (what the colocated engine leaves)" if cfg.cluster.colocate else ""
+    if gpu is not None:
+        cluster = cfg.cluster
+        learners, engines, shared = gpu_share(cfg, learner, engine)
+        if learners + engines > 1 and shared > gpu:
+            raise PlacementError(
+                f"{_sharers(learners, engines)} may share one GPU (cluster.gpus_per_learner={cluster.gpus_per_learner:g}, gpus_per_rollout={cluster.gpus_per_rollout:g}) "
+                f"and would need about {gib(shared)} of its {gib(gpu)} (each engine takes rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization:g} "
+                "of the card, and vLLM checks at start that this much is free); lower rollout.gpu_memory_utilization or shrink the learners"
+            )
+        if cluster.gpus_per_learner > 0 and sum(learner.values()) > gpu:
             remedies = [r for r, useful in (("learner.zero_stage", cfg.learner.zero_stage < 3), ("learner.num_learners", True)) if useful]
             raise PlacementError(
-                f"learner-0 needs about {gib(sum(learner.values()))} per GPU before activations, but a GPU has {gib(budget)}{share}; "
+                f"learner-0 needs about {gib(sum(learner.values()))} per GPU before activations, but a GPU has {gib(gpu)}; "
                 f"raise {' or '.join(remedies)}" + (", or set learner.precision=bf16" if cfg.learner.precision == "fp32" else "")
             )
     if gpu is None:
@@ -70,7 +89,7 @@ def plan(cfg, shape: ModelShape, model: str) -> tuple[str, str | None]:
     cluster = cfg.cluster
     totals = {k: sum(n.resources.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
     learner, engine, gpu = estimates(cfg, shape)
-    placement: Placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cluster)
+    placement: Placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cluster, cfg.rollout.tensor_parallel_size)
     try:
         actors = [("learner", i) for i in range(cfg.learner.num_learners)] + [("rollout", i) for i in range(cfg.rollout.num_workers)]
         nodes_of = {f"{role}-{i}": placement.node_id(role, i) for role, i in actors}
@@ -81,6 +100,7 @@ def plan(cfg, shape: ModelShape, model: str) -> tuple[str, str | None]:
         f"plan for '{cfg.run.name}' on a Ray cluster of {len(nodes)} node(s) with {totals['CPU']:g} CPUs and {totals['GPU']:g} GPUs",
         f"model {model}: {shape.parameters / 1e9:.2f} B parameters; learners {cfg.learner.precision} ZeRO-{cfg.learner.zero_stage} x {cfg.learner.num_learners} "
         f"with AdamW{_adapter(cfg, shape)}; vLLM {cfg.rollout.dtype}, tensor parallel {cfg.rollout.tensor_parallel_size}",
+        "weight transport: {0.name} ({0.reason})".format(cluster.transport_choice()),
         "memory per device in GiB (an estimate: activations, communication buffers and the CUDA context come on top)",
         f"{'actor':<11} {'node':<40} {'CPU':>4} {'GPU':>4}  memory",
     ]
@@ -93,6 +113,9 @@ def plan(cfg, shape: ModelShape, model: str) -> tuple[str, str | None]:
         else:
             memory = _sum(engine) + f" ({tokens / 1e6:.2f} M tokens of KV cache)"
         lines.append(f"{name:<11} {describe_node(nodes_of[name]):<40} {cpus:>4g} {gpus:>4g}  {memory}")
+    learners, engines, shared = gpu_share(cfg, learner, engine)
+    if gpu and learners + engines > 1:
+        lines.append(f"at worst {_sharers(learners, engines)} share one GPU: {gib(shared)} of {gib(gpu)} together")
     try:
         check_fit(cfg, learner, engine, gpu, nodes_of, memory_of)
     except PlacementError as err:

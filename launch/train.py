@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     init_ray(cfg)
     try:
-        check_layout(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster)
+        check_layout(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster, cfg.rollout.tensor_parallel_size)
     except PlacementError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -100,14 +100,19 @@ class LearnerGroup:
         """Whether a sync carries the adapter alone (always through the object store)."""
         return self.adapter and self.cfg.lora.sync == "adapter"
 
-    def export_weights(self, adapter: bool | None = None) -> tuple[ray.ObjectRef, list[ray.ObjectRef]]:
+    def export_weights(self, adapter: bool | None = None, verify: bool = False) -> tuple[ray.ObjectRef, list[ray.ObjectRef]]:
         """Rank 0's plain weights, or its adapter (default: as `sends_adapter` says), as an object
-        ref, and every rank's ref (every rank joins the ZeRO-3 gather)."""
+        ref, and every rank's ref (every rank joins the ZeRO-3 gather). `verify`: rank 0 keeps the
+        digests of what it exported (`sent_digests`)."""
         adapter = self.sends_adapter if adapter is None else adapter
         if adapter and not self.adapter:
             raise ValueError("the learners train no adapter: there is none to export")
-        refs = [a.export_weights.remote(adapter) for a in self.actors]
+        refs = [a.export_weights.remote(adapter, verify) for a in self.actors]
         return refs[0], refs
+
+    def sent_digests(self) -> dict[str, str]:
+        """Rank 0's digests of the weights of the last verified sync, by tensor."""
+        return self._call("last_sent_digests", what="learner-0's digests of the weights it sent", ranks=[0])[0]
 
     def address(self) -> tuple[str, int]:
         return self._call("address", what="learner-0 to pick an address", ranks=[0])[0]

@@ -7,6 +7,7 @@ Every rank runs the same sequence of collective calls; the group makes sure of t
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import os
@@ -18,28 +19,31 @@ from datetime import timedelta
 
 import torch
 
-from cluster.packed_weights import PackedAdapter, PackedWeights, pack
+from cluster.devices import actor_device, assigned_gpus, process_group_backend
 from cluster.storage import StorageConfig, Store, is_uri, local_copy, upload_scratch
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
 from learner.host import free_address, resident_gib
-from learner.lora import adapter_config, adapter_state, attach, export_plan, plain_state, scale_of
+from learner.lora import attach, plain_state, scale_of
 from learner.models import freeze_bottom_layers, model_file, resolve_on_node
+from learner.weight_sender import WeightSender
 
 
-class LearnerWorker:
+class LearnerWorker(WeightSender):
     def __init__(self, rank: int, world_size: int, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, storage: StorageConfig | None = None):
         self.rank, self.world_size = rank, world_size
         self.storage = storage or StorageConfig()
         # Resolved on this node; a checkpoint on shared storage is fetched once, with this rank's shards only.
         self.model_path, self.cfg, self.grpo = resolve_on_node(model_path, self.storage, self._needs), cfg, grpo
         torch.set_num_threads(cfg.torch_threads)
-        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        # The GPU Ray gave this actor, if any (a GPU node's other GPUs are not this rank's).
+        self.device = torch.device(actor_device(assigned_gpus(), torch.cuda.device_count(), f"learner-{rank}"))
         self.engine = None
         self.reference = None  # a frozen copy of the policy, for the KL term
         self.adapter = False  # whether the engine trains a LoRA adapter on a frozen base
         self.weight_group = None  # rank 0 hosts the weight group (collective transport)
+        self.sent_digests: dict[str, str] = {}  # of the last checked sync (cluster/weight_check.py)
         self.pad_id = 0
 
     def address(self) -> tuple[str, int]:
@@ -56,8 +60,7 @@ class LearnerWorker:
             RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
             MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
         )
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=self.cfg.init_timeout_s))
+        deepspeed.init_distributed(dist_backend=process_group_backend(str(self.device)), timeout=timedelta(seconds=self.cfg.init_timeout_s))
         self.pad_id = pad_id
         model = self._plain_model()
         freeze_bottom_layers(model, self.cfg.frozen_layers)
@@ -101,9 +104,13 @@ class LearnerWorker:
         if not merge and (self.adapter or self.grpo.kl_coef == 0):
             return  # an adapter in every stage keeps its base as the reference
         state = self._gathered(lambda: self._plain(self.engine.module.state_dict()), everywhere=True)
+        self.reference = None
         if merge:
+            # The old engine (weights, gradients, optimizer state) is released before the new one
+            # is built, so that the two never share the device.
             self.engine.destroy()
             self.engine, self.adapter = None, False
+            release_memory(self.device)
             self._build_engine(self._plain_model(state))
         if self.grpo.kl_coef > 0:
             self.reference = self._plain_model(state).to(self.device).eval().requires_grad_(False)
@@ -258,57 +265,6 @@ class LearnerWorker:
                 return None
             return compute()
 
-    def export_weights(self, adapter: bool = False) -> PackedWeights | PackedAdapter | None:
-        """What the rollout workers load after an update, from rank 0, packed into one buffer that
-        the workers read in place: every parameter of the plain model once (so tied weights travel
-        once; vLLM ties them again on load), or, when `adapter`, the LoRA adapter alone."""
-        module = self.engine.module
-        if adapter:
-            lora = [p for name, p in module.named_parameters() if ".lora_" in name]
-            return self._gathered(lambda: PackedAdapter(pack(adapter_state(dict(module.named_parameters()))), adapter_config(module)), params=lora)
-        return self._gathered(lambda: pack(plain_state(dict(module.named_parameters()), scale_of(self.cfg.lora))))
-
-    def weight_buckets(self, bucket_mb: int):
-        """Collective transport: how the plain model's parameters are packed into broadcast buckets
-        (same on every rank, and the same before and after an adapter is merged)."""
-        from cluster.weight_group import plan_buckets
-
-        params = dict(self.engine.module.named_parameters())
-        shapes = [
-            (plain, tuple(getattr(params[sources[0]], "ds_shape", params[sources[0]].shape)), params[sources[0]].dtype)
-            for plain, sources in export_plan(list(params)).items()
-        ]
-        return plan_buckets(shapes, bucket_mb << 20)
-
-    def join_weight_group(self, host: str, port: int, names: list[str], timeout_s: float) -> None:
-        """Collective transport: rank 0 hosts a newly formed weight group with every vLLM worker
-        (leaving the previous one, if any); the other ranks only join the ZeRO-3 gathers."""
-        from cluster.weight_group import WeightGroup
-
-        if self.weight_group is not None:
-            self.weight_group.close()
-            self.weight_group = None
-        if self.rank == 0:
-            self.weight_group = WeightGroup(host, port, 0, names, timeout_s, self.device)
-
-    def send_weights(self, buckets) -> int:
-        """Broadcast the parameters to the weight group; returns the bytes sent (rank 0). A failed
-        broadcast tears the group down at once, so that the receivers still waiting fail too
-        instead of waiting out their deadline; the next sync forms a new group."""
-        from cluster.weight_group import WeightGroupError
-        from learner.weight_sender import broadcast_buckets
-
-        if self.cfg.zero_stage != 3 and self.rank != 0:
-            return 0
-        if self.rank == 0 and self.weight_group is None:
-            raise WeightGroupError("learner-0 is in no weight group: a new one must be formed first")
-        try:
-            return broadcast_buckets(self.weight_group, self.engine.module, buckets, self.cfg.zero_stage, scale_of(self.cfg.lora))
-        except WeightGroupError:
-            self.weight_group.close()
-            self.weight_group = None
-            raise
-
     def _needs(self, name: str) -> bool:
         """Of a checkpoint's files, those this rank loads: all but the other ranks' ZeRO shards."""
         shard = re.search(r"zero_pp_rank_(\d+)_", name)
@@ -359,3 +315,12 @@ class LearnerWorker:
             self.engine.destroy()
         if process_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what dropped objects still hold: reference cycles (DeepSpeed's engine has several) and
+    the CUDA caching allocator's blocks, which another process (a vLLM engine on the same GPU)
+    cannot otherwise use."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

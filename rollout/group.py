@@ -126,16 +126,16 @@ class RolloutGroup:
         node = self.placement.node_id("rollout", index)
         logging.getLogger(__name__).warning("%s is back, on node %s", self.names[index], describe_node(node) if node else "?")
 
-    def load_weights(self, weights: ray.ObjectRef, version: int, indices: list[int] | None = None) -> int:
-        """The workers (all, or `indices`) load the weights behind `weights`; returns the bytes each received."""
+    def load_weights(self, weights: ray.ObjectRef, version: int, indices: list[int] | None = None, verify: bool = False) -> list:
+        """The workers (all, or `indices`) load the weights behind `weights`; returns each one's
+        (bytes received, its vLLM workers' digests of what they loaded when `verify`)."""
         indices = list(range(len(self.workers))) if indices is None else indices
-        loaded = wait_all(
-            [self.workers[i].load_weights.remote(weights, version) for i in indices],
+        return wait_all(
+            [self.workers[i].load_weights.remote(weights, version, verify) for i in indices],
             self.cluster.sync_timeout_s,
             f"rollout workers to load weight version {version}",
             [self.names[i] for i in indices],
         )
-        return loaded[0]
 
     def versions(self) -> list[int]:
         return wait_all([w.version.remote() for w in self.workers], self.cluster.call_timeout_s, "rollout worker versions", self.names)

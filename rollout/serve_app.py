@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from ray import serve
 
+from cluster.devices import hidden_gpus_env
 from cluster.typed_config import option, section
 from rollout.config import RolloutConfig
 from rollout.openai_api import ChatRequest, CompletionRequest, OpenAIServer, install_error_handlers
@@ -44,7 +45,8 @@ def build_app(model_path: str, cfg: ServeConfig):
         graceful_shutdown_wait_loop_s=min(1.0, cfg.shutdown_timeout_s),
         ray_actor_options={
             "num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica,
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cfg.engine.torch_threads)}},
+            # A replica given no GPU sees none, as the training actors (cluster/devices.py).
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cfg.engine.torch_threads), **hidden_gpus_env(cfg.gpus_per_replica)}},
         },
     )
     @serve.ingress(app)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from cluster.weight_check import tensor_digest
 from cluster.weight_group import BucketMeta, WeightGroup, WeightGroupError, bucket_sizes
 
 
@@ -30,27 +31,34 @@ class WeightReceiver:
             self.weight_group.close()
             self.weight_group = None
 
-    def receive_weights(self, buckets: list[BucketMeta]) -> int:
-        """Receive every bucket from rank 0 into the model; returns the bytes received."""
-        group = self.weight_group
-        if group is None:
+    def receive_weights(self, buckets: list[BucketMeta], verify: bool = False) -> tuple[int, dict[str, str] | None]:
+        """Receive every bucket from rank 0 into the model. Returns the bytes received and, when
+        `verify`, the digest of every tensor handed to the engine (cluster/weight_check.py)."""
+        if self.weight_group is None:
             raise WeightGroupError("this vLLM worker is in no weight group: a new one must be formed first")
+        digests: dict[str, str] = {}
         received = 0
 
-        def stream():
+        def handed_over():
             nonlocal received
-            for dtype_name, entries in buckets:
-                sizes = bucket_sizes((dtype_name, entries))
-                flat = torch.empty(sum(sizes), dtype=getattr(torch, dtype_name), device=group.device)
-                group.broadcast(flat)
-                received += flat.numel() * flat.element_size()
-                yield from ((name, chunk.view(shape)) for (name, shape), chunk in zip(entries, torch.split(flat, sizes)))
+            for name, tensor in self.incoming(buckets):
+                received += tensor.numel() * tensor.element_size()
+                if verify:
+                    digests[name] = tensor_digest(tensor)
+                yield name, tensor
 
         try:
-            self.reload_weights(weights_iterator=stream())
+            self.reload_weights(weights_iterator=handed_over())
         except Exception:
             self.close_weight_group()  # the peers still waiting fail at once; a new group comes next
             raise
-        if group.device.type == "cuda":
-            torch.cuda.synchronize()
-        return received
+        return received, digests if verify else None
+
+    def incoming(self, buckets: list[BucketMeta]):
+        """(name, tensor) for every parameter, one broadcast per bucket, as the engine loads them."""
+        group = self.weight_group
+        for dtype_name, entries in buckets:
+            sizes = bucket_sizes((dtype_name, entries))
+            flat = torch.empty(sum(sizes), dtype=getattr(torch, dtype_name), device=group.device)
+            group.broadcast(flat)
+            yield from ((name, chunk.view(shape)) for (name, shape), chunk in zip(entries, torch.split(flat, sizes)))

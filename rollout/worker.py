@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from cluster.storage import StorageConfig
 from learner.models import model_file, resolve_on_node
 from rollout.config import RolloutConfig
@@ -21,7 +19,9 @@ class RolloutWorker:
         # Resolved on this node; of a checkpoint on shared storage, its weights, config and tokenizer.
         model_path = resolve_on_node(model_path, storage or StorageConfig(), model_file)
         # Distinct seeds so that the workers' groups are not copies of each other.
-        self.engine = RolloutEngine(model_path, cfg, seed=seed + 1000 * index, weight_receiver=weight_receiver, max_lora_rank=max_lora_rank)
+        self.engine = RolloutEngine(
+            model_path, cfg, seed=seed + 1000 * index, weight_receiver=weight_receiver, max_lora_rank=max_lora_rank, who=f"rollout-{index}",
+        )
 
     def generate(
         self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int,
@@ -29,20 +29,17 @@ class RolloutWorker:
     ) -> tuple[list[list[Completion]], int, float]:
         """Completions, the weight version that produced them, and the seconds it took."""
         start = time.perf_counter()
-        if seed is not None:
-            # The engine runs in this process and samples from torch's default generator.
-            torch.manual_seed(seed + 1000 * self.index)
-        out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs)
+        out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs, None if seed is None else seed + 1000 * self.index)
         return out, self.engine.version, time.perf_counter() - start
 
-    def load_weights(self, weights, version: int) -> int:
-        return self.engine.load_weights(weights, version)
+    def load_weights(self, weights, version: int, verify: bool = False):
+        return self.engine.load_weights(weights, version, verify)
 
     def join_weight_group(self, host: str, port: int, rank_offset: int, names: list[str], timeout_s: float) -> None:
         self.engine.join_weight_group(host, port, rank_offset, names, timeout_s)
 
-    def receive_weights(self, buckets, version: int) -> int:
-        return self.engine.receive_weights(buckets, version)
+    def receive_weights(self, buckets, version: int, verify: bool = False):
+        return self.engine.receive_weights(buckets, version, verify)
 
     def weights_digest(self) -> str:
         return self.engine.weights_digest()

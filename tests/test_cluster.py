@@ -77,6 +77,24 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
         adapted = train(*args, "learner.lora.stages=all")
         assert adapted.returncode == 0 and "a LoRA adapter in every stage (r16, 7.4 M trainable)" in adapted.stdout, adapted.stderr[-3000:]
         assert "weights 5.8 + gradients 0.0 + optimizer 0.0 = 5.8 GiB of 80.0 GiB" in adapted.stdout, adapted.stdout
+        assert "weight transport: collective (set by cluster.weight_transport)" in fits.stdout
+        # A colocated pair on one GPU (0.5 / 0.5): NCCL refuses two members of one group on one GPU,
+        # so auto takes the object store, an explicit collective is refused, and the pair must fit the card.
+        pair = ["cluster.colocate=true", "cluster.gpus_per_learner=0.5", "cluster.gpus_per_rollout=0.5"]
+        shared = train(*args, *pair, "cluster.weight_transport=auto", "rollout.gpu_memory_utilization=0.4")
+        assert shared.returncode == 0, shared.stderr[-3000:]
+        assert "weight transport: object_store (auto: fractional GPUs (cluster.gpus_per_learner=0.5, gpus_per_rollout=0.5) let two members" in shared.stdout
+        assert "at worst 1 learner and 1 engine share one GPU: 47.8 GiB of 80.0 GiB together" in shared.stdout
+        refused = {
+            "collective": train(*args, *pair, "rollout.gpu_memory_utilization=0.4"),
+            "crowded": train(*args, *pair, "cluster.weight_transport=auto"),  # 15.8 GiB + 0.85 x 80 GiB
+            "halves": train(*args, "cluster.gpus_per_learner=0.5", "cluster.weight_transport=object_store"),
+        }
+        errors = {k: [line for line in r.stderr.splitlines() if line.startswith("error:")] for k, r in refused.items()}
+        assert all(r.returncode == 2 and len(errors[k]) == 1 for k, r in refused.items()), {k: r.stderr[-2000:] for k, r in refused.items()}
+        assert errors["collective"][0].startswith("error: cluster.weight_transport=collective cannot work: fractional GPUs")
+        assert re.match(r"error: 1 learner and 1 engine may share one GPU .* would need about 83\.\d GiB of its 80\.0 GiB", errors["crowded"][0])
+        assert errors["halves"][0].startswith("error: 4 learners at cluster.gpus_per_learner=0.5 may share a GPU")
         too_big = train(*args, "learner.zero_stage=1", "learner.num_learners=1", "rollout.num_workers=7", "cluster.gpu_memory_gb=24")
         assert too_big.returncode == 2 and "error: learner-0 needs about 46.0 GiB per GPU before activations, but a GPU has 24.0 GiB" in too_big.stderr
         cluster.remove_node(nodes.pop())
@@ -239,6 +257,7 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
 
     # The learners' node died: one error with the actor, its node and the way back.
     assert job.returncode == 1, stdout[-2000:] + stderr[-3000:]
+    assert "error: learner-" in stderr, stderr[-5000:]
     error = stderr[stderr.index("error: learner-"):]
     assert re.search(r"learner-\d: the actor died during .*; it ran on node \S+/" + learner.node_id[:8] + r" \[pool=train\] \(dead\)", error), error
     assert "its last checkpoint is 000004-grpo-step2. Continue it with: python -m launch.train --resume s3://bridge/cluster/tiny" in error

@@ -15,7 +15,7 @@ from cluster.config import ClusterConfig
 from cluster.packed_weights import unpack
 from cluster.placement import place
 from cluster.remote import RemoteCallError
-from cluster.weight_sync import WeightSync
+from cluster.weight_sync import SyncCheckFailed, WeightSync
 from learner.batching import Sequence
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
@@ -130,6 +130,32 @@ def test_seeded_sampling_repeats(trained_pair):
     again = rollout.generate([prompt], 4, 1.0, 24, seed=11)[0]
     other = rollout.generate([prompt], 4, 1.0, 24, seed=12)[0]
     assert first == again and first != other
+
+
+def test_a_worker_that_loads_other_weights_is_named(trained_pair):
+    """The object store's receiving side hands its engine a zeroed tensor: the checked sync names
+    the worker and the tensor, and a later checked sync puts the right weights back."""
+    learners, rollout, prompt, synced = trained_pair
+
+    def zero_third_tensor(worker):
+        import rollout.engine as engine
+
+        engine.intact_unpack = engine.unpack
+        engine.unpack = lambda packed: [(n, torch.zeros_like(t) if i == 2 else t) for i, (n, t) in enumerate(engine.intact_unpack(packed))]
+
+    def mend(worker):
+        import rollout.engine as engine
+
+        engine.unpack = engine.intact_unpack
+
+    ray.get(rollout.workers[0].__ray_call__.remote(zero_third_tensor))
+    try:
+        with pytest.raises(SyncCheckFailed, match=r"weight version 2 did not reach rollout-0 intact: \S+ differs from what learner-0 sent \(digest"):
+            WeightSync(learners, rollout).sync(version=2)
+    finally:
+        ray.get(rollout.workers[0].__ray_call__.remote(mend))
+    assert WeightSync(learners, rollout).sync(version=1).verified
+    assert _greedy(rollout, prompt) == (synced, {1})
 
 
 def test_weight_sync_whose_peer_never_answers_times_out(trained_pair):

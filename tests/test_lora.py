@@ -233,7 +233,7 @@ def test_merged_and_adapter_syncs_serve_the_trained_policy_and_leave_the_base_un
         assert merged_engine.weights_digests() == digests
         after, versions = _greedy(merged_engine, prompt)
         assert versions == {50}
-        adapter_bytes = adapter_engine.load_weights(learners.export_weights(adapter=True)[0], 1)
+        adapter_bytes = adapter_engine.load_weights(learners.export_weights(adapter=True)[0], 1)[0][0]
         served, versions = _greedy(adapter_engine, prompt)
         assert versions == {1}
         learners.save(str(tmp_path / "ckpt"))
@@ -281,3 +281,49 @@ def test_zero3_stage1_adapter_is_merged_then_the_full_weights_train(ray_session,
     assert not (tmp_path / "full" / "adapter").exists()
     saved = load_file(tmp_path / "with-adapter" / "model.safetensors")
     assert all(torch.equal(saved[k], trained[k]) for k in trained)
+
+
+def test_the_stage2_rebuild_frees_the_old_engine_before_building_the_new(ray_session, tmp_path):
+    """Stage 1 -> 2 with a stage-1 adapter rebuilds the DeepSpeed engine on the merged weights. The
+    old engine (held by reference cycles) is collected before the new one is built, so that the
+    two never share the device: on a shared GPU the new one would otherwise not fit. Measured on
+    a 52 M-parameter model (200 MiB of fp32 weights)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from learner.worker import LearnerWorker
+
+    config = LlamaConfig(vocab_size=49152, hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                         num_key_value_heads=8, head_dim=64, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    weights_gib = sum(p.numel() for p in LlamaForCausalLM(config).parameters()) * 4 / 2**30
+    cfg = LearnerConfig(precision="fp32", sft_lr=1e-3, lora=LoraConfig(stages="sft"))
+    learner = ray.remote(LearnerWorker).options(num_cpus=1).remote(0, 1, str(tmp_path / "model"), cfg, GRPOConfig())
+
+    def rebuild(worker):
+        import weakref
+
+        from learner.host import resident_gib
+
+        old, build, seen = weakref.ref(worker.engine), worker._build_engine, {}
+
+        def watched(model):
+            seen.update(old_alive=old() is not None, gib_at_build=resident_gib())
+            build(model)
+
+        worker._build_engine = watched
+        seen["gib_before"] = resident_gib()
+        worker.begin_grpo()
+        return seen
+
+    try:
+        host, port = ray.get(learner.address.remote())
+        ray.get(learner.setup.remote(host, port, 0, True))
+        ray.get(learner.sft_step.remote([Sequence(list(range(5, 60)), list(range(100, 160)))] * 4, 240.0, 1e-3))
+        seen = ray.get(learner.__ray_call__.remote(rebuild))
+    finally:
+        ray.get(learner.shutdown.remote())
+        ray.kill(learner)
+    assert not seen["old_alive"]
+    # Held, the old engine kept its base weights and buffers: +0.39 GiB here, against +0.05 freed.
+    assert seen["gib_at_build"] - seen["gib_before"] < weights_gib, seen

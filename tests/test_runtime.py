@@ -14,7 +14,7 @@ from cluster.packed_weights import unpack
 from cluster.placement import place
 from cluster.remote import RemoteCallError
 from cluster.weight_group import plan_buckets
-from cluster.weight_sync import WeightSync
+from cluster.weight_sync import SyncCheckFailed, WeightSync
 from learner.batching import Sequence
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
@@ -54,6 +54,10 @@ def test_weight_broadcast_is_real(ray_session, tiny_model_dir, tmp_path):
     learners = LearnerGroup(placement, "bcast", tiny_model_dir, LearnerConfig(precision="fp32", sft_lr=1e-2), GRPOConfig(), CLUSTER, pad_id=0)
     rollout = RolloutGroup(placement, "bcast", tiny_model_dir, RolloutConfig(dtype="float32", max_model_len=1024), CLUSTER, seed=0)
     try:
+        # Actors given no GPU see none, whatever their node has (Ray 2.60 no longer hides them).
+        seen = [ray.get(actor.__ray_call__.remote(lambda self: (os.environ.get("CUDA_VISIBLE_DEVICES"), str(getattr(self, "device", None) or self.engine.device))))
+                for actor in (learners.actors[0], rollout.workers[0])]
+        assert seen == [("", "cpu"), ("", "cpu")]
         before, versions = _greedy(rollout, prompt)
         assert versions == {0}
         for _ in range(3):
@@ -61,7 +65,7 @@ def test_weight_broadcast_is_real(ray_session, tiny_model_dir, tmp_path):
         sync = WeightSync(learners, rollout)
         assert sync.transport == "object_store"
         result = sync.sync(version=1)
-        assert result.version == 1 and result.bytes > 0 and rollout.versions() == [1]
+        assert result.version == 1 and result.bytes > 0 and rollout.versions() == [1] and result.verified
         after, versions = _greedy(rollout, prompt)
         assert versions == {1}
         learners.save(str(tmp_path / "ckpt"))
@@ -185,6 +189,7 @@ def test_collective_sync_zero3_two_workers(ray_session, tiny_model_dir, tmp_path
         assert sync.transport == "collective" and len(sync.buckets) > 2
         result = sync.sync(version=1)
         assert result.bytes > 0 and rollout.versions() == [1, 1]
+        assert result.verified  # the first sync of a newly formed group is checked
         many = rollout.weights_digests()
         assert many[0] == many[1]
         sync.buckets = plan_buckets([(n, s, getattr(torch, d)) for d, entries in sync.buckets for n, s in entries], 1 << 40)
@@ -236,8 +241,60 @@ def test_collective_sync_zero3_two_workers(ray_session, tiny_model_dir, tmp_path
             sync.sync(version=5)
         assert time.monotonic() - start < COLLECTIVE.sync_timeout_s
         rollout._recover(1, "a test")
-        sync.sync(version=6)
+        assert not sync.sync(version=6).verified  # the restore's broadcast was the checked one
         assert rollout.versions() == [6, 6] and rollout.weights_digests() == many
+
+        # A receiver that drops a bucket (it arrives, the engine gets zeros, as from a communicator
+        # that sends nothing): the first sync after a formation names the worker and the tensor.
+        def drop_first_bucket(worker):
+            from cluster.weight_group import WeightGroup
+
+            receive, calls = WeightGroup.broadcast, []
+
+            def dropping(group, flat):
+                calls.append(flat.numel())
+                receive(group, torch.empty_like(flat) if len(calls) == 1 else flat)
+                if len(calls) == 1:
+                    flat.zero_()
+
+            WeightGroup.broadcast = dropping
+
+        ray.get(rollout.workers[1].__ray_call__.remote(drop_first_bucket))
+        sync._form_group()
+        first = sync.buckets[0][1][0][0]
+        with pytest.raises(SyncCheckFailed, match=rf"weight version 7 did not reach rollout-1 intact: {first} differs from what learner-0 sent"):
+            sync.sync(version=7)
+    finally:
+        learners.shutdown()
+        rollout.shutdown()
+        placement.remove()
+    assert after == _transformers_greedy(tmp_path / "ckpt", prompt)
+    assert after != before
+
+
+def test_tensor_parallel_engine_starts_in_a_placement_group_and_takes_both_transports(ray_session, tiny_model_dir, tmp_path):
+    """tensor_parallel_size=2 inside the job's placement group, where vLLM would default to its Ray
+    executor (which does not run on CPU, and on GPU refuses a bundle of more than one GPU): the
+    engine runs one process per shard, both join the weight group and each is checked, and the
+    engine then generates what transformers generates from the learner's checkpoint, whichever
+    transport brought the weights."""
+    prompt, target = _prompt_and_target(tiny_model_dir)
+    cluster = ClusterConfig(cpus_per_learner=0.5, cpus_per_rollout=2, weight_transport="collective", bucket_mb=1, sync_timeout_s=60)
+    placement = place(1, 1, cluster, tensor_parallel=2)
+    learners = LearnerGroup(placement, "tp2", tiny_model_dir, LearnerConfig(precision="fp32", sft_lr=1e-2), GRPOConfig(), cluster, pad_id=0)
+    rollout = RolloutGroup(placement, "tp2", tiny_model_dir, RolloutConfig(tensor_parallel_size=2, dtype="float32", max_model_len=1024), cluster, seed=0)
+    try:
+        before, _ = _greedy(rollout, prompt)
+        for _ in range(3):
+            learners.sft_step([Sequence(prompt, target)] * 4)
+        sync = WeightSync(learners, rollout)
+        assert sync.member_names() == ["learner-0", "rollout-0/tp-0", "rollout-0/tp-1"]
+        assert sync.sync(version=1).verified
+        after, versions = _greedy(rollout, prompt)
+        assert versions == {1}
+        assert WeightSync(learners, rollout, "object_store").sync(version=2).verified  # both shards, from one pickled buffer
+        assert _greedy(rollout, prompt) == (after, {2})
+        learners.save(str(tmp_path / "ckpt"))
     finally:
         learners.shutdown()
         rollout.shutdown()

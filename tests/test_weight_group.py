@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from cluster.weight_group import WeightGroup, WeightGroupError
+from cluster.weight_group import WeightGroup, WeightGroupError, wait_for
 
 from conftest import free_port
 
@@ -85,3 +85,13 @@ def test_member_that_never_joins_is_named_within_the_deadline():
     errors = {rank: message for rank, _, kind, message in out if kind == "error"}
     assert errors[0] == "rollout-1 never joined the weight group within 4 s"
     assert "never joined the weight group" in errors[1]
+
+
+def test_a_wait_on_the_gpu_is_bounded():
+    """An NCCL broadcast has no deadline of its own: the group polls its CUDA event against the
+    gloo path's deadline (then aborts the communicator and names the member)."""
+    start = time.monotonic()
+    assert not wait_for(lambda: False, 0.3)
+    assert 0.3 <= time.monotonic() - start < 2
+    answers = iter([False, False, True])
+    assert wait_for(lambda: next(answers), 5)
