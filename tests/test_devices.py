@@ -119,3 +119,17 @@ def test_weight_check_names_the_tensor():
     assert [n for n in range(12) if verify_due(n, 5)] == [0, 5, 10]
     assert [n for n in range(12) if verify_due(n, 0)] == [0]
 
+
+def test_the_prepared_device_check_runs_here():
+    """`python -m benchmarks.gpu_check` is what a lent GPU machine runs; here it runs the same
+    checks on the CPU (its training check is the end-to-end test's run, left out)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--only", "devices,learner,vllm"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+    )
+    verdicts = [line.split(":")[0] for line in done.stdout.splitlines() if line.split(" ")[0] in ("PASS", "FAIL", "SKIP")]
+    assert done.returncode == 0 and verdicts == ["PASS devices", "PASS learner", "PASS vllm"], done.stdout[-3000:] + done.stderr[-3000:]
