@@ -60,7 +60,7 @@ def run_ours(model: str, problems: list, args, variant: str = "default") -> tupl
 
     from cluster.config import ClusterConfig
     from cluster.placement import place
-    from cluster.weight_sync import WeightSync
+    from curriculum.weight_sync import WeightSync
     from curriculum import steps
     from curriculum.prompter import Prompter
     from curriculum.tasks import build_eval_task
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from curriculum.data import load_problems
-    from learner.models import resolve_model
+    from cluster.model_source import resolve_model
 
     variants = args.ours.split(",")
     if unknown := sorted(set(variants) - set(VARIANTS)):

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from learner.group import LearnerGroup
     from learner.grpo import GRPOConfig
     from launch.job_config import JobConfig
-    from learner.models import resolve_model
+    from cluster.model_source import resolve_model
 
     model = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model)

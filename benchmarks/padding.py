@@ -26,7 +26,7 @@ def stage1_inputs(config: str):
     from curriculum.data import load_problems
     from curriculum.prompter import Prompter
     from launch.job_config import JobConfig
-    from learner.models import resolve_model
+    from cluster.model_source import resolve_model
 
     cfg = load_config(JobConfig, config)
     model_path = resolve_model(cfg.model.path)

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.config import ClusterConfig
     from cluster.placement import place
-    from cluster.weight_sync import WeightSync
+    from curriculum.weight_sync import WeightSync
     from curriculum import steps
     from curriculum.data import load_problems
     from curriculum.prompter import Prompter
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from learner.config import LearnerConfig
     from learner.group import LearnerGroup
     from learner.grpo import GRPOConfig
-    from learner.models import resolve_model
+    from cluster.model_source import resolve_model
     from rollout.config import RolloutConfig
     from rollout.engine import RolloutEngine
     from rollout.group import RolloutGroup

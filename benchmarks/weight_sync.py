@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.config import ClusterConfig
     from cluster.placement import place
-    from cluster.weight_sync import WeightSync
+    from curriculum.weight_sync import WeightSync
     from learner.config import LearnerConfig
     from learner.grpo import GRPOConfig
     from learner.group import LearnerGroup
-    from learner.models import resolve_model
+    from cluster.model_source import resolve_model
     from rollout.config import RolloutConfig
     from rollout.group import RolloutGroup
 

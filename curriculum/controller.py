@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from cluster.metrics import MetricsSink
 from cluster.placement import place
-from cluster.weight_sync import SyncResult, WeightSync
+from curriculum.weight_sync import SyncResult, WeightSync
 from curriculum import steps
 from curriculum.data import Problem
 from curriculum.evaluation import evaluate, mine_failures
@@ -41,7 +41,7 @@ from curriculum.run_dir import RunDir, RunState
 from curriculum.stages import STAGE_NAMES, batch_indices, problem_length, sampling_seed, sft_tasks, stage_end_label, step_rng
 from curriculum.tasks import build_completion_task, build_rewrite_task, mask_ratio_at
 from learner.group import LearnerGroup
-from learner.models import resolve_on_node
+from cluster.model_source import resolve_on_node
 from learner.schedule import sft_learning_rate
 from rollout.group import RolloutGroup
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from cluster.typed_config import ConfigError, to_dict
-from learner.models import weights_problem
+from cluster.model_source import weights_problem
 
 
 @dataclass

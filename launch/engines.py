@@ -15,7 +15,7 @@ def read_inputs(data: str, limit: int, model: str, max_prompt_tokens: int):
 
     from curriculum.data import load_problems
     from curriculum.prompter import Prompter
-    from learner.models import resolve_model
+    from cluster.model_source import resolve_model
 
     problems = load_problems(data, limit=limit).problems
     model_path = resolve_model(model)

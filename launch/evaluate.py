@@ -19,7 +19,7 @@ from pathlib import Path
 from curriculum.data import DataError
 from curriculum.evaluation import evaluate
 from launch.engines import open_rollout, read_inputs
-from learner.models import ModelError
+from cluster.model_source import ModelError
 from rollout.config import RolloutConfig
 
 

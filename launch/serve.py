@@ -16,7 +16,7 @@ import threading
 
 from cluster.typed_config import ConfigError, describe, load_config
 from cluster.storage import is_uri
-from learner.models import ModelError, resolve_model
+from cluster.model_source import ModelError, resolve_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -29,7 +29,7 @@ from curriculum.prompter import Prompter, PromptTooLong
 from curriculum.tasks import build_eval_task
 from curriculum.teacher import choose, judge
 from launch.engines import open_rollout, read_inputs
-from learner.models import ModelError
+from cluster.model_source import ModelError
 from rollout.config import RolloutConfig
 
 

@@ -26,7 +26,8 @@ from curriculum.remote_run import checkpoint_name, create_run, find_latest_run, 
 from curriculum.run_dir import CheckpointError
 from cluster.typed_config import ConfigError, describe, load_config
 from launch.job_config import JobConfig
-from learner.models import ModelError, check_frozen_layers, check_lora_targets, model_shape, resolve_model
+from cluster.model_source import ModelError, resolve_model
+from learner.models import check_frozen_layers, check_lora_targets, model_shape
 
 DEFAULT_CONFIG = "launch/configs/smollm2-gsm8k.yaml"
 

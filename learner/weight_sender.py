@@ -1,4 +1,4 @@
-"""The learner's side of the weight sync (`cluster/weight_sync.py`): the plain model's weights
+"""The learner's side of the weight sync (`curriculum/weight_sync.py`): the plain model's weights
 packed for the object store, or broadcast in flat buckets to the weight group.
 
 For the collective transport, the counterpart of `rollout/weight_receiver.py`: under ZeRO-3 every

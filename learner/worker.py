@@ -26,7 +26,8 @@ from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
 from learner.host import free_address, resident_gib
 from learner.lora import attach, plain_state, scale_of
-from learner.models import freeze_bottom_layers, model_file, resolve_on_node
+from cluster.model_source import model_file, resolve_on_node
+from learner.models import freeze_bottom_layers
 from learner.weight_sender import WeightSender
 
 

@@ -53,7 +53,7 @@ def build_app(model_path: str, cfg: ServeConfig):
     class StudentServer:
         def __init__(self, model_path: str, cfg: ServeConfig):
             from cluster.storage import StorageConfig
-            from learner.models import model_file, resolve_on_node
+            from cluster.model_source import model_file, resolve_on_node
             from rollout.streaming import StreamingEngine
 
             # Each replica resolves the model on its own node (a checkpoint URI: model files only).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from cluster.storage import StorageConfig
-from learner.models import model_file, resolve_on_node
+from cluster.model_source import model_file, resolve_on_node
 from rollout.config import RolloutConfig
 from rollout.engine import Completion, RolloutEngine
 

@@ -15,7 +15,7 @@ from cluster.config import ClusterConfig
 from cluster.packed_weights import PackedAdapter, unpack
 from cluster.placement import place
 from cluster.typed_config import ConfigError, load_config
-from cluster.weight_sync import WeightSync
+from curriculum.weight_sync import WeightSync
 from launch.job_config import JobConfig
 from learner import lora
 from learner.batching import Sequence

@@ -14,7 +14,7 @@ from cluster.packed_weights import unpack
 from cluster.placement import place
 from cluster.remote import RemoteCallError
 from cluster.weight_group import plan_buckets
-from cluster.weight_sync import SyncCheckFailed, WeightSync
+from curriculum.weight_sync import SyncCheckFailed, WeightSync
 from learner.batching import Sequence
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
