@@ -77,13 +77,31 @@ def run_ours(model: str, problems: list, args, variant: str = "default") -> tupl
     ray.init(address="local", include_dashboard=False)
     cluster = ClusterConfig()
     placement = place(1, 1, cluster)
-    rollout = RolloutGroup(placement, "bench-trl", model, RolloutConfig(torch_threads=threads, max_new_tokens=args.max_tokens), cluster, seed=0)
+    rollout = RolloutGroup(
+        placement,
+        "bench-trl",
+        model,
+        RolloutConfig(torch_threads=threads, max_new_tokens=args.max_tokens),
+        cluster,
+        seed=0,
+    )
     learner_cfg = LearnerConfig(grpo_lr=args.lr, torch_threads=threads, micro_batch_size=8)
-    learners = LearnerGroup(placement, "bench-trl", model, learner_cfg, GRPOConfig(group_size=args.group, kl_coef=0.0, skip_zero_advantage=variant != "full-batch"), cluster, prompter.pad_id)
+    learners = LearnerGroup(
+        placement,
+        "bench-trl",
+        model,
+        learner_cfg,
+        GRPOConfig(group_size=args.group, kl_coef=0.0, skip_zero_advantage=variant != "full-batch"),
+        cluster,
+        prompter.pad_id,
+    )
     sync = WeightSync(learners, rollout)
     sampling = steps.Sampling(args.group, 1.0, 1.0, args.max_tokens)
     seconds, version, batch = [], 0, None
-    probe = MemoryProbe().watch(os.getpid(), *(ray.get(a.__ray_call__.remote(lambda self: os.getpid())) for a in (rollout.workers[0], learners.actors[0])))
+    probe = MemoryProbe().watch(
+        os.getpid(),
+        *(ray.get(a.__ray_call__.remote(lambda self: os.getpid())) for a in (rollout.workers[0], learners.actors[0])),
+    )
 
     def push():
         return sync.sync(version + 1)
@@ -98,12 +116,17 @@ def run_ours(model: str, problems: list, args, variant: str = "default") -> tupl
             batch = batch or steps.finish_rollouts(start_step(step), rollout)
             # Overlapped, every step (the last too) generates the next one's groups: the steady state.
             ahead = start_step(step + 1) if overlap else None
-            m, batch = steps.grpo_update(batch, prompter, rollout, learners, args.group, "correct", 0.0, True, push, version, ahead)
+            m, batch = steps.grpo_update(
+                batch, prompter, rollout, learners, args.group, "correct", 0.0, True, push, version, ahead
+            )
             seconds.append(time.perf_counter() - start)
             version = m["weight_version"]
-            print(f"{VARIANTS[variant]}, step {step + 1}: {seconds[-1]:.1f} s (generate {m['generate_s']:.1f}, "
-                  f"waited {m['rollout_wait_s']:.1f}, learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f}; "
-                  f"{m['completion_tokens']:.0f} tokens per completion, accuracy {m['accuracy']:.2f}, {m['learner_sequences']} sequences learned on)", flush=True)
+            print(
+                f"{VARIANTS[variant]}, step {step + 1}: {seconds[-1]:.1f} s (generate {m['generate_s']:.1f}, "
+                f"waited {m['rollout_wait_s']:.1f}, learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f}; "
+                f"{m['completion_tokens']:.0f} tokens per completion, accuracy {m['accuracy']:.2f}, {m['learner_sequences']} sequences learned on)",
+                flush=True,
+            )
     learners.shutdown()
     rollout.shutdown()
     ray.shutdown()
@@ -115,13 +138,21 @@ def run_trl(python: Path, model: str, problems: list, args) -> tuple[list[float]
 
     with tempfile.TemporaryDirectory() as tmp:
         plan = {
-            "model": model, "prompts": [list(build_eval_task(p).messages) for p in problems], "answers": [p.answer for p in problems],
-            "prompts_per_step": args.prompts, "group": args.group, "max_tokens": args.max_tokens, "lr": args.lr, "steps": args.steps,
+            "model": model,
+            "prompts": [list(build_eval_task(p).messages) for p in problems],
+            "answers": [p.answer for p in problems],
+            "prompts_per_step": args.prompts,
+            "group": args.group,
+            "max_tokens": args.max_tokens,
+            "lr": args.lr,
+            "steps": args.steps,
         }
         (Path(tmp) / "plan.json").write_text(json.dumps(plan))
         env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
         # Run from the root as a module, so that the project's answer checker imports from TRL's environment.
-        runner = subprocess.Popen([str(python), "-m", "benchmarks.trl_runner", f"{tmp}/plan.json", f"{tmp}/result.json"], env=env, cwd=ROOT)
+        runner = subprocess.Popen(
+            [str(python), "-m", "benchmarks.trl_runner", f"{tmp}/plan.json", f"{tmp}/result.json"], env=env, cwd=ROOT
+        )
         with MemoryProbe().watch(runner.pid) as probe:
             if runner.wait():
                 raise subprocess.CalledProcessError(runner.returncode, runner.args)
@@ -137,9 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per system (the first is a warm-up)")
     parser.add_argument("--lr", type=float, default=1e-6)
-    parser.add_argument("--trl-env", default=str(ROOT / ".bench" / "trl"), help="virtual environment for TRL (created if missing)")
+    parser.add_argument(
+        "--trl-env", default=str(ROOT / ".bench" / "trl"), help="virtual environment for TRL (created if missing)"
+    )
     parser.add_argument("--skip-trl", action="store_true", help="time only our step")
-    parser.add_argument("--ours", default="default", help=f"comma-separated variants of our step to time: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--ours", default="default", help=f"comma-separated variants of our step to time: {', '.join(VARIANTS)}"
+    )
     args = parser.parse_args(argv)
 
     from curriculum.data import load_problems
@@ -151,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     model = resolve_model(args.model)
     problems = load_problems("gsm8k:train", limit=args.prompts * (args.steps + 1)).problems
     python = None if args.skip_trl else ensure_trl_env(Path(args.trl_env))
-    print(f"{args.prompts} prompts x G={args.group}, <= {args.max_tokens} new tokens, {args.steps} steps (first = warm-up)\n", flush=True)
+    print(
+        f"{args.prompts} prompts x G={args.group}, <= {args.max_tokens} new tokens, {args.steps} steps (first = warm-up)\n",
+        flush=True,
+    )
     rows = [(VARIANTS[v], *run_ours(model, problems, args, v)) for v in variants]
     if python is not None:
         trl, trl_rss = run_trl(python, model, problems, args)
@@ -159,12 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'system':<32}{'median step s':>14}{'steps (s)':>24}{'peak memory GiB':>16}{'sum of peak RSS':>16}")
     for name, seconds, memory in rows:
         steps = " ".join(f"{s:.0f}" for s in seconds)
-        print(f"{name:<32}{statistics.median(seconds[1:] or seconds):>14.1f}{steps:>24}{memory.peak_gib:>16.2f}{memory.sum_of_peaks_gib:>16.2f}")
+        print(
+            f"{name:<32}{statistics.median(seconds[1:] or seconds):>14.1f}{steps:>24}{memory.peak_gib:>16.2f}{memory.sum_of_peaks_gib:>16.2f}"
+        )
     print("(peak memory: highest total PSS of the job's processes, sampled; sum of peak RSS: their VmHWM added up)")
     if python is not None:
         trl_median = statistics.median(trl[1:] or trl)
         for name, seconds, _ in rows[:-1]:
-            print(f"ratio {name} / TRL (median step time): {statistics.median(seconds[1:] or seconds) / trl_median:.3f}")
+            print(
+                f"ratio {name} / TRL (median step time): {statistics.median(seconds[1:] or seconds) / trl_median:.3f}"
+            )
     return 0
 
 

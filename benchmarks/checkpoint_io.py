@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
     parser.add_argument("--learners", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="learner precision (fp32: this box has no fast bf16)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="learner precision (fp32: this box has no fast bf16)",
+    )
     args = parser.parse_args(argv)
 
     from transformers import AutoTokenizer
@@ -59,10 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster = ClusterConfig(cpus_per_learner=1)
         placement = place(args.learners, 0, cluster)
-        learners = LearnerGroup(placement, "bench-ckpt", model, LearnerConfig(num_learners=args.learners, precision=args.precision), GRPOConfig(), cluster, pad_id=0, storage=storage)
+        learners = LearnerGroup(
+            placement,
+            "bench-ckpt",
+            model,
+            LearnerConfig(num_learners=args.learners, precision=args.precision),
+            GRPOConfig(),
+            cluster,
+            pad_id=0,
+            storage=storage,
+        )
         learners.sft_step([Sequence(list(range(1, 17)), list(range(17, 33)))] * args.learners, lr=1e-6)
-        print(f"model {args.model}, {args.learners} learner(s), ZeRO-2 {args.precision}; median of {args.repeats}; S3 = moto on loopback\n")
-        print(f"{'storage':<8} {'save s':>7} {'upload s':>9} {'restore s':>10} {'weights MiB':>12} {'optimizer MiB':>14} {'total MiB':>10}")
+        print(
+            f"model {args.model}, {args.learners} learner(s), ZeRO-2 {args.precision}; median of {args.repeats}; S3 = moto on loopback\n"
+        )
+        print(
+            f"{'storage':<8} {'save s':>7} {'upload s':>9} {'restore s':>10} {'weights MiB':>12} {'optimizer MiB':>14} {'total MiB':>10}"
+        )
         for name, output in (("local", str(work / "runs")), ("s3", "s3://bench/runs")):
             run = create_run(output, "bench", JobConfig(), storage)
             saves, uploads, restores, files = [], [], [], {}
@@ -79,11 +97,15 @@ def main(argv: list[str] | None = None) -> int:
                 learners.load(str(final))
                 restores.append(time.perf_counter() - start)
                 files = Store.open(str(final), storage).files()
-                print(f"  {name} #{step}: save {saves[-1]:.2f} s (upload {uploads[-1]:.2f} s), restore {restores[-1]:.2f} s", flush=True)
+                print(
+                    f"  {name} #{step}: save {saves[-1]:.2f} s (upload {uploads[-1]:.2f} s), restore {restores[-1]:.2f} s",
+                    flush=True,
+                )
             weights, optimizer = _sizes(files)
             print(
                 f"{name:<8} {statistics.median(saves):7.2f} {statistics.median(uploads):9.2f} {statistics.median(restores):10.2f} "
-                f"{weights / 2**20:12.1f} {optimizer / 2**20:14.1f} {(weights + optimizer) / 2**20:10.1f}", flush=True
+                f"{weights / 2**20:12.1f} {optimizer / 2**20:14.1f} {(weights + optimizer) / 2**20:10.1f}",
+                flush=True,
             )
         learners.shutdown()
         placement.remove()

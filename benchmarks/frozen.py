@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     check_frozen_layers(model_path, args.frozen)
     batches = stage1_batches(cfg, prompter, train, args.steps + 1)
     kinds = {"all layers": 0, f"{args.frozen} frozen": args.frozen}
-    workers = {kind: start_learner(dataclasses.replace(cfg.learner, frozen_layers=n), cfg.grpo, model_path, prompter.pad_id) for kind, n in kinds.items()}
+    workers = {
+        kind: start_learner(dataclasses.replace(cfg.learner, frozen_layers=n), cfg.grpo, model_path, prompter.pad_id)
+        for kind, n in kinds.items()
+    }
     seconds, losses = dict.fromkeys(kinds, 0.0), {kind: [] for kind in kinds}
     try:
         for kind, worker in workers.items():
@@ -43,9 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         for i, worker in enumerate(workers.values()):  # the last one also ends the shared process group
             worker.shutdown(process_group=i == len(workers) - 1)
     tokens = sum(len(s.prompt) + len(s.completion) for sequences in batches[1:] for s in sequences)
-    print(f"stage-1 steps 1..{args.steps} of {args.config}: {tokens} real tokens, micro-batches of {cfg.learner.micro_batch_size}")
+    print(
+        f"stage-1 steps 1..{args.steps} of {args.config}: {tokens} real tokens, micro-batches of {cfg.learner.micro_batch_size}"
+    )
     for kind in kinds:
-        print(f"  {kind:<12} {seconds[kind]:.1f} s, {tokens / seconds[kind]:.1f} real tokens/s, loss by step: {' '.join(f'{x:.3f}' for x in losses[kind])}")
+        print(
+            f"  {kind:<12} {seconds[kind]:.1f} s, {tokens / seconds[kind]:.1f} real tokens/s, loss by step: {' '.join(f'{x:.3f}' for x in losses[kind])}"
+        )
     full, frozen = (tokens / seconds[kind] for kind in kinds)
     print(f"  ratio frozen / all layers, real tokens/s: {frozen / full:.3f}")
     return 0

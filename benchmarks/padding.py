@@ -30,7 +30,9 @@ def stage1_inputs(config: str):
 
     cfg = load_config(JobConfig, config)
     model_path = resolve_model(cfg.model.path)
-    prompter = Prompter(AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
+    prompter = Prompter(
+        AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template
+    )
     train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train).problems
     return cfg, model_path, prompter, train
 
@@ -41,7 +43,10 @@ def stage1_batches(cfg, prompter, train, steps: int) -> list[list]:
     from learner.batching import Sequence
 
     lengths = [problem_length(p) for p in train]
-    return [[Sequence(prompter.prompt_ids(t), prompter.target_ids(t)) for t in sft_tasks(cfg, train, lengths, step)] for step in range(steps)]
+    return [
+        [Sequence(prompter.prompt_ids(t), prompter.target_ids(t)) for t in sft_tasks(cfg, train, lengths, step)]
+        for step in range(steps)
+    ]
 
 
 def token_counts(batches, micro_batch_size: int, pad_id: int, multiple: int = 1) -> tuple[int, int]:
@@ -60,23 +65,39 @@ def token_counts(batches, micro_batch_size: int, pad_id: int, multiple: int = 1)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="launch/configs/smollm2-gsm8k.yaml")
-    parser.add_argument("--groups", type=int, default=16, help="sft_length_groups to compare with plain batches; also the steps built")
-    parser.add_argument("--learner-steps", type=int, default=0, help="steps of each kind to train on (0 = padding figures only)")
+    parser.add_argument(
+        "--groups", type=int, default=16, help="sft_length_groups to compare with plain batches; also the steps built"
+    )
+    parser.add_argument(
+        "--learner-steps", type=int, default=0, help="steps of each kind to train on (0 = padding figures only)"
+    )
     args = parser.parse_args(argv)
 
     cfg, model_path, prompter, train = stage1_inputs(args.config)
     kinds = {"plain": 1, f"grouped x{args.groups}": args.groups}
-    configs = {kind: dataclasses.replace(cfg, stages=dataclasses.replace(cfg.stages, sft_length_groups=k)) for kind, k in kinds.items()}
+    configs = {
+        kind: dataclasses.replace(cfg, stages=dataclasses.replace(cfg.stages, sft_length_groups=k))
+        for kind, k in kinds.items()
+    }
     batches = {kind: stage1_batches(configs[kind], prompter, train, args.groups) for kind in kinds}
-    print(f"stage-1 steps 0..{args.groups - 1} of {args.config}: {cfg.stages.sft_batch_size} problems a step, micro-batches of {cfg.learner.micro_batch_size}")
+    print(
+        f"stage-1 steps 0..{args.groups - 1} of {args.config}: {cfg.stages.sft_batch_size} problems a step, micro-batches of {cfg.learner.micro_batch_size}"
+    )
     for kind, steps in batches.items():
         real, computed = token_counts(steps, cfg.learner.micro_batch_size, prompter.pad_id)
-        print(f"  {kind:<12} real tokens {real}, computed positions {computed}: padding {computed / real - 1:.1%} of the real tokens")
+        print(
+            f"  {kind:<12} real tokens {real}, computed positions {computed}: padding {computed / real - 1:.1%} of the real tokens"
+        )
     if args.learner_steps:
         seconds = train_alternately(cfg, model_path, prompter.pad_id, batches, args.learner_steps)
-        tokens = {kind: sum(len(s.prompt) + len(s.completion) for seq in steps[: args.learner_steps] for s in seq) for kind, steps in batches.items()}
+        tokens = {
+            kind: sum(len(s.prompt) + len(s.completion) for seq in steps[: args.learner_steps] for s in seq)
+            for kind, steps in batches.items()
+        }
         for kind in batches:
-            print(f"  {kind:<12} {args.learner_steps} learner steps: {seconds[kind]:.1f} s, {tokens[kind] / seconds[kind]:.1f} real tokens/s")
+            print(
+                f"  {kind:<12} {args.learner_steps} learner steps: {seconds[kind]:.1f} s, {tokens[kind] / seconds[kind]:.1f} real tokens/s"
+            )
         plain, grouped = (tokens[k] / seconds[k] for k in batches)
         print(f"  ratio grouped / plain, real tokens/s: {grouped / plain:.3f}")
     return 0

@@ -50,7 +50,9 @@ def plain_loop_tokens_per_s(model_path: str, sequences, micro_batch_size: int, p
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 logits = model(**batch.model_inputs(torch.device("cpu"))).logits[:, :-1]
             log_probs = token_log_probs(logits.float(), batch.targets)
-            loss, _ = grpo_loss(log_probs, log_probs.detach(), batch.advantages, batch.loss_mask, GRPOConfig(), num_tokens=normalizer)
+            loss, _ = grpo_loss(
+                log_probs, log_probs.detach(), batch.advantages, batch.loss_mask, GRPOConfig(), num_tokens=normalizer
+            )
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -71,10 +73,25 @@ def scaling(steps, tasks, prompter, rollout, learners, push, version, max_tokens
     for group in (4, 8):
         for prompts in (8, 16, 32):
             for _ in range(2):
-                m = steps.grpo_step(tasks[:prompts], prompter, rollout, learners, steps.Sampling(group, 1.0, 1.0, max_tokens), "bridge_stage2", 0.0, True, push, version(), seed=0)
+                m = steps.grpo_step(
+                    tasks[:prompts],
+                    prompter,
+                    rollout,
+                    learners,
+                    steps.Sampling(group, 1.0, 1.0, max_tokens),
+                    "bridge_stage2",
+                    0.0,
+                    True,
+                    push,
+                    version(),
+                    seed=0,
+                )
             total = m["generate_s"] + m["reward_s"] + m["learner_s"] + m["sync_s"]
             rows.append((prompts, group, total, m["generate_s"], m["learner_s"], m["sync_s"]))
-            print(f"  {prompts:>3} prompts x G={group}: {total:6.1f} s (generate {m['generate_s']:.1f}, learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f})", flush=True)
+            print(
+                f"  {prompts:>3} prompts x G={group}: {total:6.1f} s (generate {m['generate_s']:.1f}, learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f})",
+                flush=True,
+            )
     fig, ax = plt.subplots(figsize=(6, 4))
     for group in (4, 8):
         mine = [r for r in rows if r[1] == group]
@@ -97,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--scaling", action="store_true", help="also time steps of 8/16/32 prompts x G=4/8 (about 15 minutes here)")
+    parser.add_argument(
+        "--scaling", action="store_true", help="also time steps of 8/16/32 prompts x G=4/8 (about 15 minutes here)"
+    )
     parser.add_argument("--out", default="runs/benchmark", help="folder for scaling.png")
     args = parser.parse_args(argv)
 
@@ -149,18 +168,29 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = os.cpu_count() or 1
     learner_cfg = LearnerConfig(torch_threads=threads)
-    learners = LearnerGroup(placement, "benchmark", model, learner_cfg, GRPOConfig(group_size=args.group), cluster, prompter.pad_id)
+    learners = LearnerGroup(
+        placement, "benchmark", model, learner_cfg, GRPOConfig(group_size=args.group), cluster, prompter.pad_id
+    )
     sync = WeightSync(learners, rollout)
     timings = [sync.sync(version) for version in (1, 2, 3)]
-    print(f"weight sync ({sync.transport}): median {statistics.median(t.seconds for t in timings):.3f} s, {timings[0].bytes / 2**20:.1f} MiB per worker\n")
+    print(
+        f"weight sync ({sync.transport}): median {statistics.median(t.seconds for t in timings):.3f} s, {timings[0].bytes / 2**20:.1f} MiB per worker\n"
+    )
 
     # The learner on the completions generated above, advantages of alternating sign.
-    sequences = [Sequence(p, list(c.token_ids), (-1.0) ** i) for i, (p, group) in enumerate(zip(prompts, groups)) for c in group if c.token_ids]
+    sequences = [
+        Sequence(p, list(c.token_ids), (-1.0) ** i)
+        for i, (p, group) in enumerate(zip(prompts, groups))
+        for c in group
+        if c.token_ids
+    ]
     seq_tokens = sum(len(s.prompt) + len(s.completion) for s in sequences)
     learners.grpo_step(sequences)  # warm-up
     ours = seq_tokens / learners.grpo_step(sequences)["seconds"]
     plain = plain_loop_tokens_per_s(model, sequences, learner_cfg.micro_batch_size, prompter.pad_id, threads)
-    print(f"learner tokens/s ({len(sequences)} sequences, {seq_tokens} tokens, micro-batches of {learner_cfg.micro_batch_size})")
+    print(
+        f"learner tokens/s ({len(sequences)} sequences, {seq_tokens} tokens, micro-batches of {learner_cfg.micro_batch_size})"
+    )
     print(f"  plain PyTorch loop {plain:8.1f}")
     print(f"  DeepSpeed learner  {ours:8.1f}   ratio learner/plain {ours / plain:.3f}\n")
 
@@ -176,18 +206,38 @@ def main(argv: list[str] | None = None) -> int:
     pids["learner-0"] = ray.get(learners.actors[0].__ray_call__.remote(lambda self: os.getpid()))
     with MemoryProbe().watch(*pids.values()) as probe:
         for label, batch in (("warm-up", tasks[: args.prompts]), ("measured", tasks[args.prompts : 2 * args.prompts])):
-            m = steps.grpo_step(batch, prompter, rollout, learners, steps.Sampling(args.group, 1.0, 1.0, args.max_tokens), "bridge_stage2", 0.0, True, push, version, seed=0)
+            m = steps.grpo_step(
+                batch,
+                prompter,
+                rollout,
+                learners,
+                steps.Sampling(args.group, 1.0, 1.0, args.max_tokens),
+                "bridge_stage2",
+                0.0,
+                True,
+                push,
+                version,
+                seed=0,
+            )
     total = m["generate_s"] + m["reward_s"] + m["learner_s"] + m["sync_s"]
-    print(f"GRPO step ({label}): {total:.1f} s = generate {m['generate_s']:.1f} + reward {m['reward_s']:.2f} + learner {m['learner_s']:.1f} + sync {m['sync_s']:.2f}")
+    print(
+        f"GRPO step ({label}): {total:.1f} s = generate {m['generate_s']:.1f} + reward {m['reward_s']:.2f} + learner {m['learner_s']:.1f} + sync {m['sync_s']:.2f}"
+    )
     print(f"  rollout {m['rollout_tokens_per_s']:.0f} tokens/s, learner {m['learner_tokens_per_s']:.0f} tokens/s\n")
     if args.scaling:
         print(f"step time by batch shape (<= {args.max_tokens} new tokens)")
         scaling(steps, tasks, prompter, rollout, learners, push, lambda: version, args.max_tokens, Path(args.out))
         print()
 
-    print(f"memory during the GRPO steps: peak total PSS {probe.peak_gib:.2f} GiB (driver + actors, shared pages counted once)")
+    print(
+        f"memory during the GRPO steps: peak total PSS {probe.peak_gib:.2f} GiB (driver + actors, shared pages counted once)"
+    )
     peaks = {name: peak_rss_gib(pid) for name, pid in pids.items()}
-    print("peak RSS of each process (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in peaks.items()) + f"; sum {sum(peaks.values()):.2f}")
+    print(
+        "peak RSS of each process (GiB): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in peaks.items())
+        + f"; sum {sum(peaks.values()):.2f}"
+    )
     learners.shutdown()
     rollout.shutdown()
     return 0

@@ -56,9 +56,15 @@ async def run(url: str, model: str, clients: int, requests: int, max_tokens: int
         while not todo.empty():
             question = todo.get_nowait()
             body = {
-                "model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                "model": model,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
                 "stream_options": {"include_usage": True},
-                "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"Problem: {question}"}],
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": f"Problem: {question}"},
+                ],
             }
             results.append(await one_request(client, url, body))
 
@@ -88,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(good)}/{len(results)} requests ok, {args.clients} concurrent clients, {wall:.1f} s wall")
     print(f"time to first token  p50 {statistics.median(ttft):.2f} s   p95 {percentile(ttft, 0.95):.2f} s")
     print(f"request latency      p50 {statistics.median(latency):.2f} s   p95 {percentile(latency, 0.95):.2f} s")
-    print(f"output tokens        {tokens} total, {tokens / wall:.1f} tokens/s overall, "
-          f"{statistics.mean(r['tokens'] / r['latency'] for r in good):.1f} tokens/s per request")
+    print(
+        f"output tokens        {tokens} total, {tokens / wall:.1f} tokens/s overall, "
+        f"{statistics.mean(r['tokens'] / r['latency'] for r in good):.1f} tokens/s per request"
+    )
     return 0 if len(good) == len(results) else 1
 
 

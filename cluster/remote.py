@@ -31,7 +31,9 @@ def _get(ref: ray.ObjectRef, what: str, names: list[str] | None, index: int) -> 
         return ray.get(ref)
     except RayActorError as err:
         restarting = isinstance(err, ActorUnavailableError)
-        raise ActorDied(f"{_name(names, index)}the actor died during {what} ({type(err).__name__})", index, restarting) from err
+        raise ActorDied(
+            f"{_name(names, index)}the actor died during {what} ({type(err).__name__})", index, restarting
+        ) from err
     except RayTaskError as err:
         raise RemoteCallError(f"{_name(names, index)}{what} failed: {err.cause!r}") from err
 

@@ -33,11 +33,20 @@ SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
 @dataclass
 class StorageConfig:
-    endpoint: str = option("", "S3-compatible endpoint URL (MinIO, Ceph, R2, ...), e.g. http://10.0.0.5:9000; empty = AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL from the environment, else AWS itself. Credentials are never set here: they come from each node's environment.")
+    endpoint: str = option(
+        "",
+        "S3-compatible endpoint URL (MinIO, Ceph, R2, ...), e.g. http://10.0.0.5:9000; empty = AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL from the environment, else AWS itself. Credentials are never set here: they come from each node's environment.",
+    )
     region: str = option("", "S3 region; empty = AWS_REGION / AWS_DEFAULT_REGION from the environment, else us-east-1.")
-    connect_timeout_s: float = option(5.0, "Seconds to wait for a connection to the storage endpoint; an unreachable endpoint is refused before any actor starts.")
+    connect_timeout_s: float = option(
+        5.0,
+        "Seconds to wait for a connection to the storage endpoint; an unreachable endpoint is refused before any actor starts.",
+    )
     request_timeout_s: float = option(120.0, "Seconds one storage request (a part of an upload or download) may take.")
-    scratch_dir: str = option("", "Local folder on every node for checkpoints being uploaded and checkpoints downloaded to load; empty = the system's temp folder. Only used when run.output_dir is a URI.")
+    scratch_dir: str = option(
+        "",
+        "Local folder on every node for checkpoints being uploaded and checkpoints downloaded to load; empty = the system's temp folder. Only used when run.output_dir is a URI.",
+    )
 
 
 class StorageError(ValueError):
@@ -62,11 +71,17 @@ def _filesystem(location: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str
     parts = urlsplit(location)
     if parts.username or parts.password:
         # Say where, never what: the secret must not reach a log.
-        raise StorageError(f"{parts.scheme}://...@{parts.hostname}{parts.path}: a storage location must not carry credentials; set them in each node's environment (e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+        raise StorageError(
+            f"{parts.scheme}://...@{parts.hostname}{parts.path}: a storage location must not carry credentials; set them in each node's environment (e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
     if re.search(r"(?i)(secret|key|token|password)", parts.query):
-        raise StorageError(f"{parts.scheme}://{parts.netloc}{parts.path}: a storage location must not carry credentials in its query; set them in each node's environment")
+        raise StorageError(
+            f"{parts.scheme}://{parts.netloc}{parts.path}: a storage location must not carry credentials in its query; set them in each node's environment"
+        )
     if parts.scheme not in SCHEMES:
-        raise StorageError(f"{location}: unknown storage scheme '{parts.scheme}' (a local path, or one of {', '.join(s + '://' for s in SCHEMES)})")
+        raise StorageError(
+            f"{location}: unknown storage scheme '{parts.scheme}' (a local path, or one of {', '.join(s + '://' for s in SCHEMES)})"
+        )
     if parts.scheme != "s3":
         try:
             return pafs.FileSystem.from_uri(location)
@@ -124,7 +139,7 @@ class Store:
         """Every file under `rel` (recursively), as path relative to `rel` -> size in bytes."""
         base = self._path(rel)
         infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        return {info.path[len(base) + 1:]: info.size for info in infos if info.type == pafs.FileType.File}
+        return {info.path[len(base) + 1 :]: info.size for info in infos if info.type == pafs.FileType.File}
 
     def folders(self, rel: str = "") -> list[str]:
         """Names of the folders directly under `rel`, sorted."""
@@ -143,7 +158,13 @@ class Store:
     def upload(self, local: Path, rel: str = "") -> int:
         """Copy the local folder `local` to `rel`; returns the bytes sent."""
         sent = sum(p.stat().st_size for p in Path(local).rglob("*") if p.is_file())
-        pafs.copy_files(str(local), self._path(rel), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs, use_threads=True)
+        pafs.copy_files(
+            str(local),
+            self._path(rel),
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=self.fs,
+            use_threads=True,
+        )
         return sent
 
     def download(self, local: Path, rel: str = "", wanted: Callable[[str], bool] | None = None) -> int:
@@ -158,7 +179,10 @@ class Store:
             partial = target.with_name(target.name + ".part")
             # Large ranged reads: each is one request, and some servers pay per request in
             # proportion to the object (moto: 300 MiB in 13 s with 8 MiB reads, 3.5 s with 64 MiB).
-            with self.fs.open_input_file(self._path(f"{rel}/{name}" if rel else name)) as source, partial.open("wb") as sink:
+            with (
+                self.fs.open_input_file(self._path(f"{rel}/{name}" if rel else name)) as source,
+                partial.open("wb") as sink,
+            ):
                 for offset in range(0, size, READ_CHUNK):
                     sink.write(source.read_at(min(READ_CHUNK, size - offset), offset))
             os.replace(partial, target)
@@ -183,7 +207,9 @@ class Store:
             if stored != b"probe":
                 # Seen with anonymous access: the client frames the body (aws-chunked) and a server
                 # that does not decode it stores the frame, so every file would come back altered.
-                raise StorageError(f"{what} {self.uri}: a 5-byte probe file came back as {len(stored)} different bytes; the server does not store uploads as sent (with S3-compatible servers this happens without credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+                raise StorageError(
+                    f"{what} {self.uri}: a 5-byte probe file came back as {len(stored)} different bytes; the server does not store uploads as sent (with S3-compatible servers this happens without credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                )
         except OSError as err:
             reason = _reason(err)
             if "NETWORK_CONNECTION" in reason or "Could not connect" in reason or "curlCode" in reason:

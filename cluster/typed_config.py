@@ -168,7 +168,9 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         try:
             tree = yaml.safe_load(raw.decode("utf-8")) or {}
         except UnicodeDecodeError as err:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})") from None
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})"
+            ) from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path}{_yaml_problem(err)}") from None
         if not isinstance(tree, dict):

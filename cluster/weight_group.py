@@ -57,9 +57,13 @@ class WeightGroup:
         world_size = len(names)
         # Rank 0 hosts the store; the others connect to it, retrying until the deadline.
         try:
-            self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
+            self.store = dist.TCPStore(
+                host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False
+            )
         except (RuntimeError, TimeoutError) as err:
-            raise WeightGroupError(f"{names[rank]} could not reach the weight group's store at {host}:{port}: {err}") from None
+            raise WeightGroupError(
+                f"{names[rank]} could not reach the weight group's store at {host}:{port}: {err}"
+            ) from None
         self._await_members(timeout_s)
         if device.type == "cuda":
             self.comm = nccl_communicator(self.store, rank, world_size, device, names[rank])
@@ -88,7 +92,9 @@ class WeightGroup:
             done.record(stream)
             if not wait_for(done.query, self.timeout_s):
                 self.comm.destroy()  # ncclCommAbort: the kernel waiting on a lost peer returns
-                raise WeightGroupError(f"{self.names[self.rank]}: the weight broadcast did not finish within {self.timeout_s:.0f} s (a peer stopped answering)")
+                raise WeightGroupError(
+                    f"{self.names[self.rank]}: the weight broadcast did not finish within {self.timeout_s:.0f} s (a peer stopped answering)"
+                )
             return
         options = dist.BroadcastOptions()
         options.rootRank = 0

@@ -38,7 +38,15 @@ from curriculum.faults import NonFiniteStreak
 from curriculum.prompter import Prompter
 from curriculum.remote_run import checkpoint_name
 from curriculum.run_dir import RunDir, RunState
-from curriculum.stages import STAGE_NAMES, batch_indices, problem_length, sampling_seed, sft_tasks, stage_end_label, step_rng
+from curriculum.stages import (
+    STAGE_NAMES,
+    batch_indices,
+    problem_length,
+    sampling_seed,
+    sft_tasks,
+    stage_end_label,
+    step_rng,
+)
 from curriculum.tasks import build_completion_task, build_rewrite_task, mask_ratio_at
 from learner.group import LearnerGroup
 from cluster.model_source import resolve_on_node
@@ -53,8 +61,14 @@ def _tokenizer_file(name: str) -> bool:
 
 class Controller:
     def __init__(
-        self, cfg, run: RunDir, model_path: str, train: list[Problem], evaluation: list[Problem],
-        resume_from: str | None = None, stop_after_stage: int = 3,
+        self,
+        cfg,
+        run: RunDir,
+        model_path: str,
+        train: list[Problem],
+        evaluation: list[Problem],
+        resume_from: str | None = None,
+        stop_after_stage: int = 3,
     ):
         from transformers import AutoTokenizer
 
@@ -66,19 +80,37 @@ class Controller:
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_on_node(start_path, cfg.storage, _tokenizer_file))
         self.prompter = Prompter(self.tokenizer, cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
         self.nonfinite = NonFiniteStreak(cfg.learner.max_nonfinite_updates)
-        self.metrics = MetricsSink(run.path, cfg.run.name, resumed_at=(self.state.saved_at, self.state.global_step) if resume_from else None)
-        self.placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster, cfg.rollout.tensor_parallel_size)
+        self.metrics = MetricsSink(
+            run.path, cfg.run.name, resumed_at=(self.state.saved_at, self.state.global_step) if resume_from else None
+        )
+        self.placement = place(
+            cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster, cfg.rollout.tensor_parallel_size
+        )
         # While a LoRA adapter trains, the learners (and engines that serve the adapter) start from
         # the base; a checkpoint's save_pretrained folder holds base and adapter merged.
         lora = cfg.learner.lora
         adapter = lora.live_in(self.state.stage)
         serves_adapter = adapter and lora.sync == "adapter"
         self.learners = LearnerGroup(
-            self.placement, run.name, model_path if adapter else start_path, cfg.learner, cfg.grpo, cfg.cluster,
-            self.prompter.pad_id, cfg.storage, adapter=adapter, reference_path=self._kl_reference(resume_from, adapter),
+            self.placement,
+            run.name,
+            model_path if adapter else start_path,
+            cfg.learner,
+            cfg.grpo,
+            cfg.cluster,
+            self.prompter.pad_id,
+            cfg.storage,
+            adapter=adapter,
+            reference_path=self._kl_reference(resume_from, adapter),
         )
         self.rollout = RolloutGroup(
-            self.placement, run.name, model_path if serves_adapter else start_path, cfg.rollout, cfg.cluster, cfg.run.seed, cfg.storage,
+            self.placement,
+            run.name,
+            model_path if serves_adapter else start_path,
+            cfg.rollout,
+            cfg.cluster,
+            cfg.run.seed,
+            cfg.storage,
             max_lora_rank=lora.vllm_max_rank() if serves_adapter else 0,
         )
         self.weight_sync = WeightSync(self.learners, self.rollout)
@@ -97,7 +129,9 @@ class Controller:
             return None
         stage1 = [c for c in self.run.committed_checkpoints() if checkpoint_name(c).endswith("-" + stage_end_label(1))]
         if not stage1 or self.run.problem(stage1[-1], optimizer=False):
-            self._log(f"warning: no complete stage-1 checkpoint in {self.run.location}: the KL reference is {checkpoint_name(resume_from)}")
+            self._log(
+                f"warning: no complete stage-1 checkpoint in {self.run.location}: the KL reference is {checkpoint_name(resume_from)}"
+            )
             return None
         return str(stage1[-1])
 
@@ -136,12 +170,20 @@ class Controller:
         self.metrics.begin_stage()
         self._log(f"stage {stage} ({name}): steps {self.state.stage_step + 1}..{budget}")
         # A live bar in a terminal; in logs (no tty) the per-step lines say the same.
-        bar = tqdm(total=budget, initial=self.state.stage_step, desc=f"stage {stage} {name}", disable=not sys.stderr.isatty(), leave=False)
+        bar = tqdm(
+            total=budget,
+            initial=self.state.stage_step,
+            desc=f"stage {stage} {name}",
+            disable=not sys.stderr.isatty(),
+            leave=False,
+        )
         while self.state.stage_step < budget:
             start = time.perf_counter()
             metrics = step_fn(stage, self.state.stage_step, budget)
             metrics["step_s"] = time.perf_counter() - start
-            self.state = dataclasses.replace(self.state, stage_step=self.state.stage_step + 1, global_step=self.state.global_step + 1)
+            self.state = dataclasses.replace(
+                self.state, stage_step=self.state.stage_step + 1, global_step=self.state.global_step + 1
+            )
             self.nonfinite.record(bool(metrics["skipped_update"]))
             metrics["nonfinite_updates"] = self.nonfinite.total
             self.metrics.log(self.state.global_step, name, metrics)
@@ -174,11 +216,23 @@ class Controller:
         if batch is None:
             batch = steps.finish_rollouts(self._start_rollouts(stage, step, budget), self.rollout)
         # One-step off-policy: the next step's groups are generated while this step updates.
-        ahead = self._start_rollouts(stage, step + 1, budget) if self.cfg.grpo.overlap_rollout and step + 1 < budget else None
+        ahead = (
+            self._start_rollouts(stage, step + 1, budget)
+            if self.cfg.grpo.overlap_rollout and step + 1 < budget
+            else None
+        )
         metrics, self.prefetched = steps.grpo_update(
-            batch, self.prompter, self.rollout, self.learners, self.cfg.grpo.group_size,
-            self.cfg.rewards.stage2 if stage == 2 else self.cfg.rewards.stage3, self.cfg.rewards.step_check_weight,
-            self.cfg.grpo.scale_advantages_by_std, self._sync, self.state.version, ahead,
+            batch,
+            self.prompter,
+            self.rollout,
+            self.learners,
+            self.cfg.grpo.group_size,
+            self.cfg.rewards.stage2 if stage == 2 else self.cfg.rewards.stage3,
+            self.cfg.rewards.step_check_weight,
+            self.cfg.grpo.scale_advantages_by_std,
+            self._sync,
+            self.state.version,
+            ahead,
         )
         return {**metrics, "mask_ratio": mask_ratio_at(step, budget, self.cfg.tasks)} if stage == 2 else metrics
 
@@ -192,8 +246,20 @@ class Controller:
         else:
             pool = [self.train[i] for i in self.state.failures]
             tasks = [build_rewrite_task(p) for p in self._problems(pool, stage, step, self.cfg.stages.prompts_per_step)]
-        sampling = steps.Sampling(self.cfg.grpo.group_size, self.cfg.rollout.temperature, self.cfg.rollout.top_p, self.cfg.rollout.max_new_tokens)
-        return steps.start_rollouts(tasks, self.prompter, self.rollout, sampling, sampling_seed(self.cfg.run.seed, stage, step), self.state.version)
+        sampling = steps.Sampling(
+            self.cfg.grpo.group_size,
+            self.cfg.rollout.temperature,
+            self.cfg.rollout.top_p,
+            self.cfg.rollout.max_new_tokens,
+        )
+        return steps.start_rollouts(
+            tasks,
+            self.prompter,
+            self.rollout,
+            sampling,
+            sampling_seed(self.cfg.run.seed, stage, step),
+            self.state.version,
+        )
 
     def _sync(self, bump: bool = True) -> SyncResult:
         version = self.state.version + (1 if bump else 0)
@@ -207,15 +273,29 @@ class Controller:
         self._log(f"mining persistent failures: {len(problems)} problems x {self.cfg.stages.mining_samples} samples")
         start = time.perf_counter()
         failures = mine_failures(
-            self.rollout, self.prompter, problems, self.cfg.stages.mining_samples,
-            self.cfg.rollout.temperature, self.cfg.rollout.eval_max_new_tokens, seed=sampling_seed(self.cfg.run.seed, 3, -1),
+            self.rollout,
+            self.prompter,
+            problems,
+            self.cfg.stages.mining_samples,
+            self.cfg.rollout.temperature,
+            self.cfg.rollout.eval_max_new_tokens,
+            seed=sampling_seed(self.cfg.run.seed, 3, -1),
         )
-        self.run.write_jsonl("failures.jsonl", [{"index": i, "origin": problems[i].origin, "question": problems[i].question} for i in failures])
+        self.run.write_jsonl(
+            "failures.jsonl",
+            [{"index": i, "origin": problems[i].origin, "question": problems[i].question} for i in failures],
+        )
         self.state = dataclasses.replace(self.state, failures=failures)
-        self.metrics.log(self.state.global_step, "mining", {
-            "mined_problems": len(problems), "persistent_failures": len(failures),
-            "failure_rate": len(failures) / max(1, len(problems)), "mining_s": time.perf_counter() - start,
-        })
+        self.metrics.log(
+            self.state.global_step,
+            "mining",
+            {
+                "mined_problems": len(problems),
+                "persistent_failures": len(failures),
+                "failure_rate": len(failures) / max(1, len(problems)),
+                "mining_s": time.perf_counter() - start,
+            },
+        )
         self.run.publish()
         self._log(f"persistent failures: {len(failures)} of {len(problems)}")
 
@@ -228,14 +308,18 @@ class Controller:
         self.run.write_jsonl(f"eval/{label}.jsonl", result.samples)
         self.metrics.log(self.state.global_step, "eval", {"label": label, **result.metrics()})
         self.run.publish()
-        self._log(f"eval {label}: accuracy {result.accuracy:.3f}, mean tokens {result.mean_tokens:.1f}, format {result.format_rate:.2f} (n={result.n})")
+        self._log(
+            f"eval {label}: accuracy {result.accuracy:.3f}, mean tokens {result.mean_tokens:.1f}, format {result.format_rate:.2f} (n={result.n})"
+        )
 
     def _checkpoint(self, label: str, stage_end: bool) -> None:
         state = dataclasses.replace(self.state, stage_end=stage_end)
         start = time.perf_counter()
         folder = self.run.begin_checkpoint(state, label)
         sent = self.learners.save(str(folder))
-        final = self.run.commit_checkpoint(folder, state, self.tokenizer, self.cfg.stages.keep_last, self.cfg.stages.keep_optimizer_state)
+        final = self.run.commit_checkpoint(
+            folder, state, self.tokenizer, self.cfg.stages.keep_last, self.cfg.stages.keep_optimizer_state
+        )
         uploaded = f", {sent['bytes'] / 2**20:.0f} MiB uploaded in {sent['upload_s']:.1f}s" if sent["bytes"] else ""
         self._log(f"checkpoint {final} ({time.perf_counter() - start:.1f}s{uploaded})")
 

@@ -46,10 +46,18 @@ class Problem:
 
 @dataclass
 class DataConfig:
-    train: str = option("gsm8k:train", "Training problems: 'gsm8k:train'/'gsm8k:test' (the vendored copy), a local .jsonl/.json/.parquet file, or 'hub:NAME[:CONFIG]:SPLIT' for a datasets hub name.")
+    train: str = option(
+        "gsm8k:train",
+        "Training problems: 'gsm8k:train'/'gsm8k:test' (the vendored copy), a local .jsonl/.json/.parquet file, or 'hub:NAME[:CONFIG]:SPLIT' for a datasets hub name.",
+    )
     eval: str = option("gsm8k:test", "Evaluation problems, same forms as `train`.")
-    format: Literal["auto", "gsm8k", "teacher"] = option("auto", "Row schema: 'gsm8k' (question, answer with '#### N'), 'teacher' (question, rationale, answer), or 'auto' to decide by the columns.")
-    skip_malformed: bool = option(False, "Skip rows that do not parse (and count them) instead of stopping with an error naming file and line.")
+    format: Literal["auto", "gsm8k", "teacher"] = option(
+        "auto",
+        "Row schema: 'gsm8k' (question, answer with '#### N'), 'teacher' (question, rationale, answer), or 'auto' to decide by the columns.",
+    )
+    skip_malformed: bool = option(
+        False, "Skip rows that do not parse (and count them) instead of stopping with an error naming file and line."
+    )
     limit_train: int = option(0, "Use only the first N training problems (0 = all).")
     limit_eval: int = option(0, "Use only the first N evaluation problems (0 = all).")
 
@@ -195,7 +203,14 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
                 yield f"{path}:{number}", None, f"not valid JSON ({getattr(err, 'msg', 'nested too deeply')})"
 
 
-_JSON_KINDS = {dict: "an object", str: "a string", int: "a number", float: "a number", bool: "true or false", type(None): "null"}
+_JSON_KINDS = {
+    dict: "an object",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
@@ -213,7 +228,9 @@ def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
     elif isinstance(document, dict) and len(text.strip().splitlines()) == 1:
         yield from _iter_jsonl(path)  # JSON lines with a single row
     else:
-        raise DataError(f"{path}: the top level must be a list of rows (or one JSON object per line), got {_JSON_KINDS[type(document)]}")
+        raise DataError(
+            f"{path}: the top level must be a list of rows (or one JSON object per line), got {_JSON_KINDS[type(document)]}"
+        )
 
 
 def _iter_datasets(spec: str) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
@@ -250,5 +267,8 @@ def load_problems(spec: str, schema: str = "auto", skip_malformed: bool = False,
         if limit and len(report.problems) >= limit:
             break
     if not report.problems:
-        raise DataError(f"no usable problems in '{spec}'" + (f" ({report.skipped} malformed rows skipped)" if report.skipped else ""))
+        raise DataError(
+            f"no usable problems in '{spec}'"
+            + (f" ({report.skipped} malformed rows skipped)" if report.skipped else "")
+        )
     return report

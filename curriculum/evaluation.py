@@ -23,8 +23,12 @@ class EvalResult:
 
     def metrics(self) -> dict[str, float]:
         return {
-            "eval_n": self.n, "eval_accuracy": self.accuracy, "eval_mean_tokens": self.mean_tokens,
-            "eval_mean_words": self.mean_words, "eval_format_rate": self.format_rate, "eval_step_accuracy": self.step_accuracy,
+            "eval_n": self.n,
+            "eval_accuracy": self.accuracy,
+            "eval_mean_tokens": self.mean_tokens,
+            "eval_mean_words": self.mean_words,
+            "eval_format_rate": self.format_rate,
+            "eval_step_accuracy": self.step_accuracy,
         }
 
 
@@ -37,12 +41,21 @@ def evaluate(rollout, prompter: Prompter, problems: list[Problem], max_tokens: i
         completion = group[0]
         text = prompter.decode(completion.token_ids)
         chain = check_chain(text)
-        samples.append({
-            "origin": problem.origin, "question": problem.question, "gold": problem.answer,
-            "predicted": extract_answer(text), "correct": is_correct(text, problem.answer),
-            "format_ok": has_valid_format(text), "tokens": len(completion.token_ids), "words": count_words(text),
-            "checked_steps": chain.checked_steps, "correct_steps": chain.correct_steps, "completion": text,
-        })
+        samples.append(
+            {
+                "origin": problem.origin,
+                "question": problem.question,
+                "gold": problem.answer,
+                "predicted": extract_answer(text),
+                "correct": is_correct(text, problem.answer),
+                "format_ok": has_valid_format(text),
+                "tokens": len(completion.token_ids),
+                "words": count_words(text),
+                "checked_steps": chain.checked_steps,
+                "correct_steps": chain.correct_steps,
+                "completion": text,
+            }
+        )
     n = max(1, len(samples))
     checked = sum(s["checked_steps"] for s in samples)
     return EvalResult(
@@ -57,12 +70,19 @@ def evaluate(rollout, prompter: Prompter, problems: list[Problem], max_tokens: i
 
 
 def mine_failures(
-    rollout, prompter: Prompter, problems: list[Problem], k: int, temperature: float, max_tokens: int, seed: int | None = None,
+    rollout,
+    prompter: Prompter,
+    problems: list[Problem],
+    k: int,
+    temperature: float,
+    max_tokens: int,
+    seed: int | None = None,
 ) -> list[int]:
     """Indices of the problems whose k sampled answers (question alone) are all wrong."""
     prompts = [prompter.prompt_ids(build_eval_task(p)) for p in problems]
     completions, _, _ = rollout.generate(prompts, k, temperature, max_tokens, logprobs=False, seed=seed)
     return [
-        index for index, (problem, group) in enumerate(zip(problems, completions))
+        index
+        for index, (problem, group) in enumerate(zip(problems, completions))
         if not any(is_correct(prompter.decode(c.token_ids), problem.answer) for c in group)
     ]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import random
 
 from curriculum.data import Problem
-from curriculum.tasks import Task, TaskConfig, build_eval_task, build_reconstruction_task, build_rewrite_task, render_prompt
+from curriculum.tasks import (
+    Task,
+    TaskConfig,
+    build_eval_task,
+    build_reconstruction_task,
+    build_rewrite_task,
+    render_prompt,
+)
 
 
 class PromptTooLong(ValueError):
@@ -25,7 +32,9 @@ class Prompter:
         # The chat template already wrote the special tokens it wants.
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_prompt_tokens:
-            raise PromptTooLong(f"{task.problem.origin}: prompt of {len(ids)} tokens exceeds model.max_prompt_tokens={self.max_prompt_tokens}")
+            raise PromptTooLong(
+                f"{task.problem.origin}: prompt of {len(ids)} tokens exceeds model.max_prompt_tokens={self.max_prompt_tokens}"
+            )
         return ids
 
     def target_ids(self, task: Task) -> list[int]:
@@ -43,7 +52,11 @@ class Prompter:
             builders = [lambda p: build_reconstruction_task(p, random.Random(0), show_all), build_rewrite_task]
         else:
             builders = [build_eval_task]
-        texts = [render_prompt(self.tokenizer, build(p).messages, self.use_chat_template) for p in problems for build in builders]
+        texts = [
+            render_prompt(self.tokenizer, build(p).messages, self.use_chat_template)
+            for p in problems
+            for build in builders
+        ]
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
         return [max(lengths[i : i + len(builders)]) for i in range(0, len(lengths), len(builders))]
 

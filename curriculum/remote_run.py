@@ -68,7 +68,9 @@ class RemoteRunDir(RunDir):
             if latest is not None:
                 found.append((run.read_state(latest).saved_at, folder))
         if not found:
-            raise FileNotFoundError(f"--resume auto: no run named {name!r} with a complete checkpoint under {base.uri}/")
+            raise FileNotFoundError(
+                f"--resume auto: no run named {name!r} with a complete checkpoint under {base.uri}/"
+            )
         return cls.open(base.uri_of(max(found)[1]), storage)
 
     # ---- the small files ------------------------------------------------------------------
@@ -92,7 +94,7 @@ class RemoteRunDir(RunDir):
         return [self.store.uri_of(f"checkpoints/{n}") for n in names]
 
     def _rel(self, checkpoint: str) -> str:
-        return checkpoint[len(self.store.uri) + 1:]
+        return checkpoint[len(self.store.uri) + 1 :]
 
     def problem(self, checkpoint: str, optimizer: bool = True) -> str | None:
         """Checked against its manifest: every file there, at its size (nothing is downloaded)."""
@@ -110,7 +112,11 @@ class RemoteRunDir(RunDir):
             if name.startswith("deepspeed/") and not optimizer:
                 continue
             if name not in present:
-                return "deepspeed/ (the optimizer state) is missing" if name.startswith("deepspeed/") else f"{name} is missing"
+                return (
+                    "deepspeed/ (the optimizer state) is missing"
+                    if name.startswith("deepspeed/")
+                    else f"{name} is missing"
+                )
             if present[name] != size:
                 return f"{name} has {present[name]} bytes, not the {size} it was saved with"
         if "config.json" not in manifest or not any(n.endswith(".safetensors") for n in manifest):
@@ -136,7 +142,9 @@ class RemoteRunDir(RunDir):
             self.store.delete(rel)
         return self.store.uri_of(rel)
 
-    def commit_checkpoint(self, folder: str, state: RunState, tokenizer, keep_last: int, keep_optimizer: int = 1) -> str:
+    def commit_checkpoint(
+        self, folder: str, state: RunState, tokenizer, keep_last: int, keep_optimizer: int = 1
+    ) -> str:
         rel = self._rel(folder)
         state = dataclasses.replace(state, saved_at=time.time())
         local = upload_scratch(self.storage, "tokenizer")
@@ -159,7 +167,11 @@ class RemoteRunDir(RunDir):
 
 
 def create_run(output_dir: str, name: str, cfg, storage: StorageConfig) -> RunDir:
-    return RemoteRunDir.create(output_dir, name, cfg, storage) if is_uri(output_dir) else RunDir.create(output_dir, name, cfg)
+    return (
+        RemoteRunDir.create(output_dir, name, cfg, storage)
+        if is_uri(output_dir)
+        else RunDir.create(output_dir, name, cfg)
+    )
 
 
 def open_run(location: str, storage: StorageConfig) -> RunDir:
@@ -167,7 +179,11 @@ def open_run(location: str, storage: StorageConfig) -> RunDir:
 
 
 def find_latest_run(output_dir: str, name: str, storage: StorageConfig) -> RunDir:
-    return RemoteRunDir.find_latest(output_dir, name, storage) if is_uri(output_dir) else RunDir.find_latest(output_dir, name)
+    return (
+        RemoteRunDir.find_latest(output_dir, name, storage)
+        if is_uri(output_dir)
+        else RunDir.find_latest(output_dir, name)
+    )
 
 
 def checkpoint_name(checkpoint) -> str:

@@ -70,7 +70,9 @@ def figure(records: list[dict], evaluations: dict[str, dict], title: str):
         bars = ax.bar(labels, values, color=colour)
         # Each bar says its value and how many problems it rests on: 64 problems are a progress
         # signal (one answer is 1.6 points), not a measurement.
-        ax.bar_label(bars, labels=[f"{unit.format(v)}\nn={evaluations[k]['eval_n']}" for k, v in zip(labels, values)], fontsize=8)
+        ax.bar_label(
+            bars, labels=[f"{unit.format(v)}\nn={evaluations[k]['eval_n']}" for k, v in zip(labels, values)], fontsize=8
+        )
         ax.set_title(heading)
         ax.margins(y=0.25)
         ax.set_ylim(bottom=0)
@@ -84,10 +86,21 @@ def figure(records: list[dict], evaluations: dict[str, dict], title: str):
         if not rows:
             continue
         x = [r["step"] for r in rows]
-        axes[1, 0].plot(x, [r["reward_mean"] for r in rows], style, marker=marker, label=f"{name} GRPO reward mean", color="tab:red")
-        axes[1, 1].plot(x, [r["completion_tokens"] for r in rows], style, marker=marker, label=f"{name} completion tokens", color="tab:orange")
+        axes[1, 0].plot(
+            x, [r["reward_mean"] for r in rows], style, marker=marker, label=f"{name} GRPO reward mean", color="tab:red"
+        )
+        axes[1, 1].plot(
+            x,
+            [r["completion_tokens"] for r in rows],
+            style,
+            marker=marker,
+            label=f"{name} completion tokens",
+            color="tab:orange",
+        )
         twin = twin or axes[1, 1].twinx()
-        twin.plot(x, [r["accuracy"] for r in rows], style, marker=marker, label=f"{name} rollout accuracy", color="tab:green")
+        twin.plot(
+            x, [r["accuracy"] for r in rows], style, marker=marker, label=f"{name} rollout accuracy", color="tab:green"
+        )
     if twin is not None:
         # Each axis label takes its line's colour: two quantities on two scales.
         twin.set_ylabel("rollout accuracy", color="tab:green")

@@ -28,14 +28,21 @@ class RewardContext:
 
 @dataclass
 class RewardConfig:
-    stage2: str = option("bridge_stage2", "Reward for stage 2 (masked completion), by registered name: bridge_stage2, bridge_stage3, group_length or correct.")
+    stage2: str = option(
+        "bridge_stage2",
+        "Reward for stage 2 (masked completion), by registered name: bridge_stage2, bridge_stage3, group_length or correct.",
+    )
     stage3: str = option("bridge_stage3", "Reward for stage 3 (rewriting persistent failures); a registered name.")
-    step_check_weight: float = option(0.0, "Add this weight x (share of steps whose arithmetic checks out) to every reward; 0 turns the term off.")
+    step_check_weight: float = option(
+        0.0, "Add this weight x (share of steps whose arithmetic checks out) to every reward; 0 turns the term off."
+    )
 
     def __post_init__(self):
         for stage, name in (("stage2", self.stage2), ("stage3", self.stage3)):
             if name not in REWARDS:
-                raise ValueError(f"{stage} reward '{name}' is not registered (registered: {', '.join(sorted(REWARDS))})")
+                raise ValueError(
+                    f"{stage} reward '{name}' is not registered (registered: {', '.join(sorted(REWARDS))})"
+                )
 
 
 GroupReward = Callable[[list[str], RewardContext], list[float]]

@@ -155,7 +155,11 @@ class RunDir:
         starts with the zero-padded global step."""
         if not self.checkpoints.is_dir():
             return []
-        return sorted(p for p in self.checkpoints.iterdir() if p.is_dir() and not p.name.endswith(".tmp") and (p / "state.json").exists())
+        return sorted(
+            p
+            for p in self.checkpoints.iterdir()
+            if p.is_dir() and not p.name.endswith(".tmp") and (p / "state.json").exists()
+        )
 
     def problem(self, checkpoint, optimizer: bool = True) -> str | None:
         return checkpoint_problem(checkpoint, optimizer)
@@ -178,13 +182,21 @@ class RunDir:
         if problem is None:
             return committed[-1]
         earlier = self.latest_checkpoint()
-        instead = f"the newest complete one is {earlier}: move {committed[-1].name} aside to resume from it" if earlier else "no earlier checkpoint is complete"
+        instead = (
+            f"the newest complete one is {earlier}: move {committed[-1].name} aside to resume from it"
+            if earlier
+            else "no earlier checkpoint is complete"
+        )
         raise CheckpointError(f"checkpoint {committed[-1]} is damaged ({problem}); {instead}")
 
     @staticmethod
     def read_state(checkpoint: Path) -> RunState:
         state = RunState(**json.loads((checkpoint / "state.json").read_text()))
-        return state if state.saved_at else dataclasses.replace(state, saved_at=(checkpoint / "state.json").stat().st_mtime)
+        return (
+            state
+            if state.saved_at
+            else dataclasses.replace(state, saved_at=(checkpoint / "state.json").stat().st_mtime)
+        )
 
     def discard_uncommitted(self) -> None:
         """Remove what a save cut short left behind (a resumed run never reads it)."""
@@ -198,7 +210,9 @@ class RunDir:
         folder.mkdir(parents=True)
         return folder
 
-    def commit_checkpoint(self, folder: Path, state: RunState, tokenizer, keep_last: int, keep_optimizer: int = 1) -> Path:
+    def commit_checkpoint(
+        self, folder: Path, state: RunState, tokenizer, keep_last: int, keep_optimizer: int = 1
+    ) -> Path:
         state = dataclasses.replace(state, saved_at=time.time())
         tokenizer.save_pretrained(folder)
         tmp_state = folder / "state.json.tmp"

@@ -18,16 +18,24 @@ from cluster.typed_config import option
 class StagesConfig:
     sft_steps: int = option(20, "Stage 1: optimizer steps of masked shuffled reconstruction (SFT).")
     sft_batch_size: int = option(16, "Stage 1: problems per step.")
-    sft_length_groups: int = option(1, "Stage 1: draw this many batches' problems at once, sort them by length and cut them into batches again (like transformers' group_by_length), so that little of each micro-batch is padding; every problem is still drawn once per epoch. 1 = plain shuffled batches.")
+    sft_length_groups: int = option(
+        1,
+        "Stage 1: draw this many batches' problems at once, sort them by length and cut them into batches again (like transformers' group_by_length), so that little of each micro-batch is padding; every problem is still drawn once per epoch. 1 = plain shuffled batches.",
+    )
     grpo_steps: int = option(20, "Stage 2: GRPO steps on masked completion (the mask schedule spans them).")
     prompts_per_step: int = option(8, "Stages 2-3: prompts per GRPO step (each sampled group_size times).")
     mining_samples: int = option(4, "Failure mining: k samples per training problem; all k wrong = persistent failure.")
     mining_problems: int = option(256, "Failure mining: how many training problems to test (0 = all).")
     rewrite_steps: int = option(10, "Stage 3: GRPO steps rewriting persistent failures (skipped when there are none).")
-    eval_problems: int = option(64, "Evaluation slice (greedy) before stage 1 and at the end of every stage (0 = none).")
+    eval_problems: int = option(
+        64, "Evaluation slice (greedy) before stage 1 and at the end of every stage (0 = none)."
+    )
     save_every: int = option(0, "Also checkpoint every N steps within a stage (0 = only at stage ends).")
     keep_last: int = option(2, "Periodic checkpoints to keep (stage-end checkpoints are always kept).")
-    keep_optimizer_state: int = option(1, "How many of the newest checkpoints keep their DeepSpeed optimizer state, which a resume needs (for a 3B model ~36 GB each); the older ones keep weights and tokenizer only. 0 = every checkpoint keeps it.")
+    keep_optimizer_state: int = option(
+        1,
+        "How many of the newest checkpoints keep their DeepSpeed optimizer state, which a resume needs (for a 3B model ~36 GB each); the older ones keep weights and tokenizer only. 0 = every checkpoint keeps it.",
+    )
 
 
 STAGE_NAMES = {1: "sft", 2: "grpo", 3: "rewrite"}
@@ -55,8 +63,13 @@ def _stream(num_items: int, start: int, stop: int, seed: int, stage: int) -> lis
 
 
 def batch_indices(
-    num_items: int, batch_size: int, step: int, seed: int, stage: int,
-    lengths: list[int] | None = None, length_groups: int = 1,
+    num_items: int,
+    batch_size: int,
+    step: int,
+    seed: int,
+    stage: int,
+    lengths: list[int] | None = None,
+    length_groups: int = 1,
 ) -> list[int]:
     """Indices of the problems of `step`: the next `batch_size` of the stream.
 
@@ -86,7 +99,9 @@ def sft_tasks(cfg, train: list[Problem], lengths: list[int], step: int) -> list[
     """The tasks of stage-1 step `step` of a run configured by `cfg` (a JobConfig): its problems
     and their masks, from (seed, step) alone."""
     rng = step_rng(cfg.run.seed, 1, step)
-    chosen = batch_indices(len(train), cfg.stages.sft_batch_size, step, cfg.run.seed, 1, lengths, cfg.stages.sft_length_groups)
+    chosen = batch_indices(
+        len(train), cfg.stages.sft_batch_size, step, cfg.run.seed, 1, lengths, cfg.stages.sft_length_groups
+    )
     return [build_reconstruction_task(train[i], rng, cfg.tasks) for i in chosen]
 
 

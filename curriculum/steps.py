@@ -58,9 +58,14 @@ def sft_step(tasks: list[Task], prompter: Prompter, learners, lr: float) -> dict
         raise RuntimeError("no stage-1 example fits model.max_prompt_tokens; raise it or check the data")
     stats = learners.sft_step(sequences, lr)
     return {
-        "loss": stats["loss"], "lr": lr, "grad_norm": stats["grad_norm"], "skipped_update": stats["skipped"],
-        "prompts_skipped": skipped, "batch_digest": batch_digest(prompts),
-        "learner_s": stats["seconds"], "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
+        "loss": stats["loss"],
+        "lr": lr,
+        "grad_norm": stats["grad_norm"],
+        "skipped_update": stats["skipped"],
+        "prompts_skipped": skipped,
+        "batch_digest": batch_digest(prompts),
+        "learner_s": stats["seconds"],
+        "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
         "learner_resident_gib": stats["resident_gib"],
     }
 
@@ -100,12 +105,16 @@ class Rollouts:
     waited_s: float  # how long the caller was blocked on it
 
 
-def start_rollouts(tasks: list[Task], prompter: Prompter, rollout, sampling: Sampling, seed: int, version: int) -> PendingRollouts:
+def start_rollouts(
+    tasks: list[Task], prompter: Prompter, rollout, sampling: Sampling, seed: int, version: int
+) -> PendingRollouts:
     """Encode the tasks and start sampling their groups; returns without waiting."""
     kept, prompts, skipped = _encode(tasks, prompter)
     if not kept:
         raise RuntimeError("no GRPO prompt fits model.max_prompt_tokens; raise it or check the data")
-    generation = rollout.submit(prompts, sampling.group_size, sampling.temperature, sampling.max_tokens, top_p=sampling.top_p, seed=seed)
+    generation = rollout.submit(
+        prompts, sampling.group_size, sampling.temperature, sampling.max_tokens, top_p=sampling.top_p, seed=seed
+    )
     return PendingRollouts(kept, prompts, skipped, version, generation)
 
 
@@ -113,23 +122,53 @@ def finish_rollouts(pending: PendingRollouts, rollout) -> Rollouts:
     start = time.perf_counter()
     groups, versions, generate_s = rollout.collect(pending.generation)
     if versions != {pending.version}:
-        raise RuntimeError(f"rollout workers generated with weight versions {sorted(versions)}, expected {pending.version}")
-    return Rollouts(pending.tasks, pending.prompts, pending.skipped, pending.version, groups, generate_s, time.perf_counter() - start)
+        raise RuntimeError(
+            f"rollout workers generated with weight versions {sorted(versions)}, expected {pending.version}"
+        )
+    return Rollouts(
+        pending.tasks,
+        pending.prompts,
+        pending.skipped,
+        pending.version,
+        groups,
+        generate_s,
+        time.perf_counter() - start,
+    )
 
 
 def grpo_step(
-    tasks: list[Task], prompter: Prompter, rollout, learners, sampling: Sampling, reward: str,
-    step_check_weight: float, scale_by_std: bool, sync: Callable[[], object], version: int, seed: int,
+    tasks: list[Task],
+    prompter: Prompter,
+    rollout,
+    learners,
+    sampling: Sampling,
+    reward: str,
+    step_check_weight: float,
+    scale_by_std: bool,
+    sync: Callable[[], object],
+    version: int,
+    seed: int,
 ) -> dict[str, float]:
     """Stages 2-3, on-policy: sample groups with the current weights, score them, update, push."""
     batch = finish_rollouts(start_rollouts(tasks, prompter, rollout, sampling, seed, version), rollout)
-    metrics, _ = grpo_update(batch, prompter, rollout, learners, sampling.group_size, reward, step_check_weight, scale_by_std, sync, version)
+    metrics, _ = grpo_update(
+        batch, prompter, rollout, learners, sampling.group_size, reward, step_check_weight, scale_by_std, sync, version
+    )
     return metrics
 
 
 def grpo_update(
-    batch: Rollouts, prompter: Prompter, rollout, learners, group_size: int, reward: str, step_check_weight: float,
-    scale_by_std: bool, sync: Callable[[], object], version: int, ahead: PendingRollouts | None = None,
+    batch: Rollouts,
+    prompter: Prompter,
+    rollout,
+    learners,
+    group_size: int,
+    reward: str,
+    step_check_weight: float,
+    scale_by_std: bool,
+    sync: Callable[[], object],
+    version: int,
+    ahead: PendingRollouts | None = None,
 ) -> tuple[dict[str, float], Rollouts | None]:
     """Score `batch`, update the policy (currently at weight `version`), push the new weights.
 
@@ -156,7 +195,8 @@ def grpo_update(
     sequences = _trim(
         [
             Sequence(p, list(c.token_ids), a, c.logprobs if off_policy else None)
-            for p, c, a in zip(prompt_of, flat, advantages.tolist()) if c.token_ids
+            for p, c, a in zip(prompt_of, flat, advantages.tolist())
+            if c.token_ids
         ],
         learners.size,
     )
@@ -171,19 +211,33 @@ def grpo_update(
         sync_s, sync_bytes, new_version = result.seconds, result.bytes, result.version
     grouped = reward_tensor.view(-1, group_size)
     metrics = {
-        "reward_mean": reward_tensor.mean().item(), "reward_std": reward_tensor.std().item() if reward_tensor.numel() > 1 else 0.0,
-        "accuracy": sum(correct) / len(correct), "format_rate": sum(formatted) / len(formatted),
-        "completion_tokens": sum(lengths) / len(lengths), "truncated_rate": truncated / len(lengths),
+        "reward_mean": reward_tensor.mean().item(),
+        "reward_std": reward_tensor.std().item() if reward_tensor.numel() > 1 else 0.0,
+        "accuracy": sum(correct) / len(correct),
+        "format_rate": sum(formatted) / len(formatted),
+        "completion_tokens": sum(lengths) / len(lengths),
+        "truncated_rate": truncated / len(lengths),
         "zero_advantage_groups": (grouped.std(dim=1) == 0).float().mean().item(),
         "batch_digest": batch_digest(batch.prompts),
-        "rollout_restarts": rollout.restarts, "skipped_update": stats["skipped"],
-        "loss": stats["loss"], "grad_norm": stats["grad_norm"], "clip_fraction": stats.get("clip_fraction", 0.0),
-        "kl": stats.get("kl", 0.0), "approx_kl_old": stats.get("approx_kl_old", 0.0), "entropy": stats.get("entropy", 0.0),
-        "policy_lag": version - batch.version, "behaviour_weight": stats["behaviour_weight"],
+        "rollout_restarts": rollout.restarts,
+        "skipped_update": stats["skipped"],
+        "loss": stats["loss"],
+        "grad_norm": stats["grad_norm"],
+        "clip_fraction": stats.get("clip_fraction", 0.0),
+        "kl": stats.get("kl", 0.0),
+        "approx_kl_old": stats.get("approx_kl_old", 0.0),
+        "entropy": stats.get("entropy", 0.0),
+        "policy_lag": version - batch.version,
+        "behaviour_weight": stats["behaviour_weight"],
         "learner_sequences": stats["learner_sequences"],
-        "prompts_skipped": batch.skipped, "generate_s": batch.generate_s, "reward_s": reward_s, "learner_s": stats["seconds"],
+        "prompts_skipped": batch.skipped,
+        "generate_s": batch.generate_s,
+        "reward_s": reward_s,
+        "learner_s": stats["seconds"],
         "rollout_wait_s": batch.waited_s + (following.waited_s if following else 0.0),
-        "sync_s": sync_s, "sync_bytes": sync_bytes, "weight_version": new_version,
+        "sync_s": sync_s,
+        "sync_bytes": sync_bytes,
+        "weight_version": new_version,
         "rollout_tokens_per_s": sum(lengths) / max(1e-9, batch.generate_s),
         "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
         "learner_resident_gib": stats["resident_gib"],

@@ -31,13 +31,27 @@ SYSTEM_PROMPT = (
 
 @dataclass
 class TaskConfig:
-    stage1_mask_policy: Literal["one", "ratio", "none"] = option("one", "Stage-1 masking: 'one' masks a single step with probability stage1_mask_prob (paper), 'ratio' masks that share of the steps, 'none' only shuffles.")
-    stage1_mask_prob: float = option(0.7, "Stage 1: probability (policy 'one') or share of steps (policy 'ratio') to mask.")
-    stage1_question_only: float = option(0.0, "Stage 1: share of tasks that show the question alone (every step hidden, as at evaluation), so SFT also practises solving from scratch; 0 = paper.")
-    stage2_min_masked: int = option(1, "Stage 2: mask at least this many steps whenever the ratio is above 0 (paper: 3).")
+    stage1_mask_policy: Literal["one", "ratio", "none"] = option(
+        "one",
+        "Stage-1 masking: 'one' masks a single step with probability stage1_mask_prob (paper), 'ratio' masks that share of the steps, 'none' only shuffles.",
+    )
+    stage1_mask_prob: float = option(
+        0.7, "Stage 1: probability (policy 'one') or share of steps (policy 'ratio') to mask."
+    )
+    stage1_question_only: float = option(
+        0.0,
+        "Stage 1: share of tasks that show the question alone (every step hidden, as at evaluation), so SFT also practises solving from scratch; 0 = paper.",
+    )
+    stage2_min_masked: int = option(
+        1, "Stage 2: mask at least this many steps whenever the ratio is above 0 (paper: 3)."
+    )
     stage2_ratio_start: float = option(0.5, "Stage 2: share of steps masked at the first step (paper: 0.5).")
-    stage2_ratio_end: float = option(1.0, "Stage 2: share masked at the end of the ramp; 1.0 = solve from the question alone.")
-    stage2_ramp_fraction: float = option(0.7, "Stage 2: share of the stage spent ramping the mask ratio from start to end; the rest holds the end ratio.")
+    stage2_ratio_end: float = option(
+        1.0, "Stage 2: share masked at the end of the ramp; 1.0 = solve from the question alone."
+    )
+    stage2_ramp_fraction: float = option(
+        0.7, "Stage 2: share of the stage spent ramping the mask ratio from start to end; the rest holds the end ratio."
+    )
     use_chat_template: bool = option(True, "Render prompts with the tokenizer's chat template when it has one.")
 
 
@@ -86,7 +100,13 @@ def build_reconstruction_task(problem: Problem, rng: random.Random, cfg: TaskCon
     # Draw only when the share is set, so the paper's recipe keeps its random stream.
     if cfg.stage1_question_only > 0 and rng.random() < cfg.stage1_question_only:
         everything = tuple(range(len(problem.steps)))
-        return Task(stage=1, messages=_messages(f"Problem: {problem.question}"), problem=problem, target=target, masked=everything)
+        return Task(
+            stage=1,
+            messages=_messages(f"Problem: {problem.question}"),
+            problem=problem,
+            target=target,
+            masked=everything,
+        )
     masked = choose_stage1_masks(len(problem.steps), rng, cfg.stage1_mask_policy, cfg.stage1_mask_prob)
     order = list(range(len(problem.steps)))
     rng.shuffle(order)

@@ -17,7 +17,9 @@ from curriculum.step_check import check_chain
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 # "Step 3:", "3.", "3)", "-", "*", "•" and markdown emphasis at the start of a line
 _PREFIX = re.compile(r"^\s*(?:\*\*|__)?\s*(?:step\s*\d+\s*[:.)-]|\d+\s*[.)]|[-*•])\s*(?:\*\*|__)?\s*", re.IGNORECASE)
-_FINAL = re.compile(r"^\s*(?:\*\*)?\s*(?:(?:final\s+answer|answer|the\s+(?:final\s+)?answer\s+is)\b|####)", re.IGNORECASE)
+_FINAL = re.compile(
+    r"^\s*(?:\*\*)?\s*(?:(?:final\s+answer|answer|the\s+(?:final\s+)?answer\s+is)\b|####)", re.IGNORECASE
+)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _ARITHMETIC = re.compile(r"\d\s*[-+*/x×÷]\s*\d.*=|=\s*\$?\d")
 

@@ -93,7 +93,12 @@ class WeightSync:
         ]
         self.formed, self.since_formation = False, 0
         try:
-            wait_all(refs, timeout, f"learner-0 and {len(self.rollout.workers)} rollout worker(s) to form the weight group", ["learner-0", *self.rollout.names])
+            wait_all(
+                refs,
+                timeout,
+                f"learner-0 and {len(self.rollout.workers)} rollout worker(s) to form the weight group",
+                ["learner-0", *self.rollout.names],
+            )
         except ActorDied as err:
             if err.index == 0:
                 self.learners.wait(refs[:1], timeout, "learner-0 to host the weight group", [0])
@@ -107,7 +112,9 @@ class WeightSync:
         start = time.perf_counter()
         for _ in range(self.cluster.rollout_max_restarts + 1):
             try:
-                if self._collective() and not self.formed:  # the first sync, or a failed broadcast tore the last group down
+                if (
+                    self._collective() and not self.formed
+                ):  # the first sync, or a failed broadcast tore the last group down
                     self._form_group()
                 verify = verify_due(self.since_formation, self.cluster.verify_sync_every)
                 received = self._broadcast(version, verify) if self._collective() else self._push(version, None, verify)
@@ -115,7 +122,9 @@ class WeightSync:
             except WorkerLost as lost:
                 self.rollout.await_restart(lost.worker, f"the sync of weight version {version}")
         else:
-            raise RemoteCallError(f"weight version {version} could not reach the rollout workers: they kept dying ({self.cluster.rollout_max_restarts + 1} tries)")
+            raise RemoteCallError(
+                f"weight version {version} could not reach the rollout workers: they kept dying ({self.cluster.rollout_max_restarts + 1} tries)"
+            )
         self.version = version
         self.since_formation += 1
         return SyncResult(version, time.perf_counter() - start, received, verify)
@@ -132,7 +141,9 @@ class WeightSync:
         send = [a.send_weights.remote(self.buckets, verify) for a in self.learners.actors]
         what = f"the broadcast of weight version {version}"
         try:
-            received = wait_all(receive + send, self.cluster.sync_timeout_s, what, [*self.rollout.names, *self.learners.names])[: len(receive)]
+            received = wait_all(
+                receive + send, self.cluster.sync_timeout_s, what, [*self.rollout.names, *self.learners.names]
+            )[: len(receive)]
             self.formed = True
         except RemoteCallError as err:
             if isinstance(err, ActorDied) and err.index < len(receive):
@@ -142,7 +153,9 @@ class WeightSync:
                 raise
             # The first error may be the sender's ("timed out"): say which receivers stopped.
             unfinished = [name for name, ref in zip(self.rollout.names, receive) if not ray.wait([ref], timeout=0)[0]]
-            raise RemoteCallError(f"{err}; rollout workers that had not received it: {', '.join(unfinished) or 'none'}") from err
+            raise RemoteCallError(
+                f"{err}; rollout workers that had not received it: {', '.join(unfinished) or 'none'}"
+            ) from err
         if verify:
             self._check(version, range(len(receive)), received)
         return received[0][0]

@@ -25,13 +25,21 @@ from rollout.config import RolloutConfig
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="save_pretrained folder, checkpoint URI (s3://..., credentials from the environment), hub name, or embedded:smollm2-135m-instruct")
-    parser.add_argument("--data", default="gsm8k:test", help="gsm8k:test, a local jsonl/parquet, or hub:NAME[:CONFIG]:SPLIT")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="save_pretrained folder, checkpoint URI (s3://..., credentials from the environment), hub name, or embedded:smollm2-135m-instruct",
+    )
+    parser.add_argument(
+        "--data", default="gsm8k:test", help="gsm8k:test, a local jsonl/parquet, or hub:NAME[:CONFIG]:SPLIT"
+    )
     parser.add_argument("--limit", type=int, default=0, help="first N problems only (0 = all)")
     parser.add_argument("--out", required=True, help="folder for eval.json and samples.jsonl")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--max-prompt-tokens", type=int, default=768)
-    parser.add_argument("--workers", type=int, default=0, help="use N rollout workers on a Ray cluster (0 = in-process)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="use N rollout workers on a Ray cluster (0 = in-process)"
+    )
     args = parser.parse_args(argv)
     try:
         problems, model_path, prompter = read_inputs(args.data, args.limit, args.model, args.max_prompt_tokens)

@@ -16,19 +16,32 @@ from cluster.placement import Placement, PlacementError, describe_node, live_nod
 
 
 def _sum(parts: dict[str, float]) -> str:
-    return " + ".join(f"{k.replace('_', ' ')} {v / GIB:.1f}" for k, v in parts.items()) + f" = {gib(sum(parts.values()))}"
+    return (
+        " + ".join(f"{k.replace('_', ' ')} {v / GIB:.1f}" for k, v in parts.items()) + f" = {gib(sum(parts.values()))}"
+    )
 
 
 def _adapter(cfg, shape: ModelShape) -> str:
     lora = cfg.learner.lora
-    return f", a LoRA adapter in every stage (r{lora.rank}, {shape.adapter_parameters / 1e6:.1f} M trainable)" if shape.adapter_parameters else ""
+    return (
+        f", a LoRA adapter in every stage (r{lora.rank}, {shape.adapter_parameters / 1e6:.1f} M trainable)"
+        if shape.adapter_parameters
+        else ""
+    )
 
 
 def estimates(cfg, shape: ModelShape) -> tuple[dict[str, float], dict[str, float], float | None]:
     """Per learner and per engine device: the parts in bytes, and the GPU budget (None on CPU)."""
     # With an adapter in every stage the KL reference is the base with the adapter off: no copy.
     adapter = shape.adapter_parameters
-    learner = learner_bytes(shape.parameters, cfg.learner.precision, cfg.learner.zero_stage, cfg.learner.num_learners, cfg.grpo.kl_coef > 0 and not adapter, adapter)
+    learner = learner_bytes(
+        shape.parameters,
+        cfg.learner.precision,
+        cfg.learner.zero_stage,
+        cfg.learner.num_learners,
+        cfg.grpo.kl_coef > 0 and not adapter,
+        adapter,
+    )
     rollout, tp = cfg.rollout, cfg.rollout.tensor_parallel_size
     on_gpu = cfg.cluster.gpus_per_rollout > 0
     gpu = cfg.cluster.gpu_memory_gb * GIB
@@ -45,19 +58,35 @@ def gpu_share(cfg, learner: dict[str, float], engine: dict[str, float]) -> tuple
     cluster = cfg.cluster
     return worst_gpu_share(
         (cluster.gpus_per_learner, cfg.learner.num_learners, sum(learner.values())),
-        (cluster.gpus_per_rollout, cfg.rollout.num_workers, sum(engine.values())), cluster.colocate,
+        (cluster.gpus_per_rollout, cfg.rollout.num_workers, sum(engine.values())),
+        cluster.colocate,
     )
 
 
 def _sharers(learners: int, engines: int) -> str:
-    return " and ".join(f"{n} {role}{'s' if n > 1 else ''}" for n, role in ((learners, "learner"), (engines, "engine")) if n)
+    return " and ".join(
+        f"{n} {role}{'s' if n > 1 else ''}" for n, role in ((learners, "learner"), (engines, "engine")) if n
+    )
 
 
-def check_fit(cfg, learner: dict[str, float], engine: dict[str, float], gpu: float | None, nodes_of: dict[str, str], memory_of: dict[str, float]) -> None:
+def check_fit(
+    cfg,
+    learner: dict[str, float],
+    engine: dict[str, float],
+    gpu: float | None,
+    nodes_of: dict[str, str],
+    memory_of: dict[str, float],
+) -> None:
     """Refuse, naming the first actor or node that is short: on GPUs per device, on CPUs per node."""
     if engine["kv_cache"] <= 0:
-        where = f"rollout.gpu_memory_utilization x {cfg.cluster.gpu_memory_gb:g} GiB" if cfg.cluster.gpus_per_rollout else "its reservation"
-        raise PlacementError(f"rollout-0: the weights alone ({gib(engine['weights'])} per device) leave no KV cache in {where}")
+        where = (
+            f"rollout.gpu_memory_utilization x {cfg.cluster.gpu_memory_gb:g} GiB"
+            if cfg.cluster.gpus_per_rollout
+            else "its reservation"
+        )
+        raise PlacementError(
+            f"rollout-0: the weights alone ({gib(engine['weights'])} per device) leave no KV cache in {where}"
+        )
     if gpu is not None:
         cluster = cfg.cluster
         learners, engines, shared = gpu_share(cfg, learner, engine)
@@ -68,10 +97,15 @@ def check_fit(cfg, learner: dict[str, float], engine: dict[str, float], gpu: flo
                 "of the card, and vLLM checks at start that this much is free); lower rollout.gpu_memory_utilization or shrink the learners"
             )
         if cluster.gpus_per_learner > 0 and sum(learner.values()) > gpu:
-            remedies = [r for r, useful in (("learner.zero_stage", cfg.learner.zero_stage < 3), ("learner.num_learners", True)) if useful]
+            remedies = [
+                r
+                for r, useful in (("learner.zero_stage", cfg.learner.zero_stage < 3), ("learner.num_learners", True))
+                if useful
+            ]
             raise PlacementError(
                 f"learner-0 needs about {gib(sum(learner.values()))} per GPU before activations, but a GPU has {gib(gpu)}; "
-                f"raise {' or '.join(remedies)}" + (", or set learner.precision=bf16" if cfg.learner.precision == "fp32" else "")
+                f"raise {' or '.join(remedies)}"
+                + (", or set learner.precision=bf16" if cfg.learner.precision == "fp32" else "")
             )
     if gpu is None:
         needed: dict[str, float] = defaultdict(float)
@@ -79,7 +113,9 @@ def check_fit(cfg, learner: dict[str, float], engine: dict[str, float], gpu: flo
             needed[node] += sum((learner if name.startswith("learner") else engine).values())
         for node, total in needed.items():
             if total > memory_of[node]:
-                raise PlacementError(f"node {describe_node(node)} would hold about {gib(total)} but Ray gives its tasks {gib(memory_of[node])} of memory")
+                raise PlacementError(
+                    f"node {describe_node(node)} would hold about {gib(total)} but Ray gives its tasks {gib(memory_of[node])} of memory"
+                )
 
 
 def plan(cfg, shape: ModelShape, model: str) -> tuple[str, str | None]:
@@ -89,9 +125,13 @@ def plan(cfg, shape: ModelShape, model: str) -> tuple[str, str | None]:
     cluster = cfg.cluster
     totals = {k: sum(n.resources.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
     learner, engine, gpu = estimates(cfg, shape)
-    placement: Placement = place(cfg.learner.num_learners, cfg.rollout.num_workers, cluster, cfg.rollout.tensor_parallel_size)
+    placement: Placement = place(
+        cfg.learner.num_learners, cfg.rollout.num_workers, cluster, cfg.rollout.tensor_parallel_size
+    )
     try:
-        actors = [("learner", i) for i in range(cfg.learner.num_learners)] + [("rollout", i) for i in range(cfg.rollout.num_workers)]
+        actors = [("learner", i) for i in range(cfg.learner.num_learners)] + [
+            ("rollout", i) for i in range(cfg.rollout.num_workers)
+        ]
         nodes_of = {f"{role}-{i}": placement.node_id(role, i) for role, i in actors}
     finally:
         placement.remove()
@@ -107,7 +147,11 @@ def plan(cfg, shape: ModelShape, model: str) -> tuple[str, str | None]:
     tokens = kv_tokens(shape, cfg.rollout.dtype, cfg.rollout.tensor_parallel_size, max(0.0, engine["kv_cache"]))
     for role, i in actors:
         name = f"{role}-{i}"
-        cpus, gpus = (cluster.cpus_per_learner, cluster.gpus_per_learner) if role == "learner" else (cluster.cpus_per_rollout, cluster.gpus_per_rollout)
+        cpus, gpus = (
+            (cluster.cpus_per_learner, cluster.gpus_per_learner)
+            if role == "learner"
+            else (cluster.cpus_per_rollout, cluster.gpus_per_rollout)
+        )
         if role == "learner":
             memory = _sum(learner) + (f" of {gib(gpu)}" if gpu and gpus else "")
         else:

@@ -21,9 +21,14 @@ from cluster.model_source import ModelError, resolve_model
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint folder or URI (s3://..., credentials from the environment), hub name, or embedded:smollm2-135m-instruct")
+    parser.add_argument(
+        "--model",
+        help="checkpoint folder or URI (s3://..., credentials from the environment), hub name, or embedded:smollm2-135m-instruct",
+    )
     parser.add_argument("--config", help="YAML file of serve settings (see --help-config)")
-    parser.add_argument("--help-config", action="store_true", help="print every serve setting with its default and help, then exit")
+    parser.add_argument(
+        "--help-config", action="store_true", help="print every serve setting with its default and help, then exit"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. replicas=2 engine.max_model_len=2048")
     return parser.parse_args(argv)
 
@@ -60,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=None, dashboard_host="127.0.0.1")
     url = start(args.model if is_uri(args.model) else model_path, cfg)
     print(f"serving {args.model} as '{cfg.name}' at {url} (Ctrl-C stops)")
-    print(f"  curl {url}/chat/completions -H 'Content-Type: application/json' "
-          f"-d '{{\"model\": \"{cfg.name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is 12 * 7?\"}}]}}'")
+    print(
+        f"  curl {url}/chat/completions -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{cfg.name}", "messages": [{{"role": "user", "content": "What is 12 * 7?"}}]}}\''
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -36,18 +36,41 @@ from rollout.config import RolloutConfig
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="the teacher: save_pretrained folder, hub name, or embedded:...")
-    parser.add_argument("--data", default="gsm8k:train", help="problems with gold answers: gsm8k:train, a jsonl/parquet, hub:NAME[:CONFIG]:SPLIT")
+    parser.add_argument(
+        "--data",
+        default="gsm8k:train",
+        help="problems with gold answers: gsm8k:train, a jsonl/parquet, hub:NAME[:CONFIG]:SPLIT",
+    )
     parser.add_argument("--out", required=True, help="the teacher jsonl to write (and resume)")
     parser.add_argument("--samples", type=int, default=1, help="generations per problem (default: %(default)s)")
-    parser.add_argument("--keep", choices=("shortest", "all"), default="shortest", help="of a problem's correct generations, write the shortest or all")
-    parser.add_argument("--think", choices=("strip", "condense"), default="strip", help="a <think> block: drop it and keep the answer after it, or keep its computing lines")
-    parser.add_argument("--no-check-arithmetic", dest="check_arithmetic", action="store_false", help="keep correct answers even when an equation in their steps is wrong")
+    parser.add_argument(
+        "--keep",
+        choices=("shortest", "all"),
+        default="shortest",
+        help="of a problem's correct generations, write the shortest or all",
+    )
+    parser.add_argument(
+        "--think",
+        choices=("strip", "condense"),
+        default="strip",
+        help="a <think> block: drop it and keep the answer after it, or keep its computing lines",
+    )
+    parser.add_argument(
+        "--no-check-arithmetic",
+        dest="check_arithmetic",
+        action="store_false",
+        help="keep correct answers even when an equation in their steps is wrong",
+    )
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--max-prompt-tokens", type=int, default=768)
     parser.add_argument("--limit", type=int, default=0, help="first N problems only (0 = all)")
-    parser.add_argument("--chunk", type=int, default=64, help="problems per generation call; results are written after each")
-    parser.add_argument("--workers", type=int, default=0, help="rollout workers on the Ray cluster (0 = one engine in this process)")
+    parser.add_argument(
+        "--chunk", type=int, default=64, help="problems per generation call; results are written after each"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="rollout workers on the Ray cluster (0 = one engine in this process)"
+    )
     parser.add_argument("--tensor-parallel", type=int, default=1, help="GPUs per teacher engine")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -112,9 +135,13 @@ class TeacherFiles:
         reasons = Counter(reason for r in records for reason in r["reasons"])
         rows = [record for record, _ in _records(self.rows, "rationale")]
         summary = {
-            "problems": len(records), "generated": sum(len(r["reasons"]) for r in records),
-            "correct": sum(n for reason, n in reasons.items() if reason in ("kept", "empty", "repetitive", "bad_arithmetic")),
-            "kept": len(rows), "dropped": {k: v for k, v in sorted(reasons.items()) if k != "kept"},
+            "problems": len(records),
+            "generated": sum(len(r["reasons"]) for r in records),
+            "correct": sum(
+                n for reason, n in reasons.items() if reason in ("kept", "empty", "repetitive", "bad_arithmetic")
+            ),
+            "kept": len(rows),
+            "dropped": {k: v for k, v in sorted(reasons.items()) if k != "kept"},
             "mean_steps": sum(len(r["rationale"].splitlines()) for r in rows) / max(1, len(rows)),
             "mean_words": sum(count_words(r["rationale"]) for r in rows) / max(1, len(rows)),
         }
@@ -135,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(problems)} problems, {len(done)} already finished, {len(todo)} to generate")
     if todo:
         cfg = RolloutConfig(
-            num_workers=max(1, args.workers), tensor_parallel_size=args.tensor_parallel,
+            num_workers=max(1, args.workers),
+            tensor_parallel_size=args.tensor_parallel,
             max_model_len=args.max_prompt_tokens + args.max_new_tokens,
         )
         rollout = open_rollout(model_path, cfg, args.workers, "teacher", args.seed)
@@ -154,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def generate_chunk(rollout, prompter: Prompter, problems: list, args: argparse.Namespace, seed: int) -> tuple[list[dict], list[dict]]:
+def generate_chunk(
+    rollout, prompter: Prompter, problems: list, args: argparse.Namespace, seed: int
+) -> tuple[list[dict], list[dict]]:
     """Generate, judge and choose for one chunk; returns (rows to write, progress lines)."""
     fitting, prompts, progress = [], [], []
     for problem in problems:
@@ -163,15 +193,27 @@ def generate_chunk(rollout, prompter: Prompter, problems: list, args: argparse.N
             fitting.append(problem)
         except PromptTooLong:
             progress.append({"origin": problem.origin, "reasons": ["prompt_too_long"] * args.samples})
-    groups, _, _ = rollout.generate(prompts, args.samples, args.temperature, args.max_new_tokens, logprobs=False, seed=seed) if prompts else ([], set(), 0.0)
+    groups, _, _ = (
+        rollout.generate(prompts, args.samples, args.temperature, args.max_new_tokens, logprobs=False, seed=seed)
+        if prompts
+        else ([], set(), 0.0)
+    )
     rows = []
     for problem, group in zip(fitting, groups):
-        verdicts = [judge(prompter.decode(c.token_ids), c.finish_reason, problem.answer, args.think, args.check_arithmetic) for c in group]
+        verdicts = [
+            judge(prompter.decode(c.token_ids), c.finish_reason, problem.answer, args.think, args.check_arithmetic)
+            for c in group
+        ]
         for index in choose(verdicts, args.keep):
-            rows.append({
-                "question": problem.question, "rationale": verdicts[index].rationale, "answer": problem.answer,
-                "origin": problem.origin, "sample": index,
-            })
+            rows.append(
+                {
+                    "question": problem.question,
+                    "rationale": verdicts[index].rationale,
+                    "answer": problem.answer,
+                    "origin": problem.origin,
+                    "sample": index,
+                }
+            )
         progress.append({"origin": problem.origin, "reasons": [v.reason for v in verdicts]})
     return rows, progress
 

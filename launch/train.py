@@ -35,10 +35,26 @@ DEFAULT_CONFIG = "launch/configs/smollm2-gsm8k.yaml"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file (default: %(default)s)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest complete checkpoint; 'auto' = the newest resumable run of the config's run.name")
-    parser.add_argument("--stop-after-stage", type=int, choices=(1, 2, 3), default=3, help="end the job after this stage (resume it later with --resume)")
-    parser.add_argument("--plan", action="store_true", help="connect to the cluster, reserve the layout, print each actor's node and a memory estimate, release it and exit")
-    parser.add_argument("--help-config", action="store_true", help="print every config key with its default and help, then exit")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its latest complete checkpoint; 'auto' = the newest resumable run of the config's run.name",
+    )
+    parser.add_argument(
+        "--stop-after-stage",
+        type=int,
+        choices=(1, 2, 3),
+        default=3,
+        help="end the job after this stage (resume it later with --resume)",
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="connect to the cluster, reserve the layout, print each actor's node and a memory estimate, release it and exit",
+    )
+    parser.add_argument(
+        "--help-config", action="store_true", help="print every config key with its default and help, then exit"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.group_size=4")
     return parser.parse_args(argv)
 
@@ -53,7 +69,11 @@ def init_ray(cfg: JobConfig) -> None:
         ray.init(address="local", include_dashboard=False, **resources)
     else:
         # A Ray started here keeps its dashboard on loopback; joining a cluster keeps its own settings.
-        ray.init(address=None if cfg.cluster.address == "auto" else cfg.cluster.address, dashboard_host="127.0.0.1", **resources)
+        ray.init(
+            address=None if cfg.cluster.address == "auto" else cfg.cluster.address,
+            dashboard_host="127.0.0.1",
+            **resources,
+        )
 
 
 def prepare(args: argparse.Namespace):
@@ -72,12 +92,16 @@ def prepare(args: argparse.Namespace):
         except (FileNotFoundError, CheckpointError) as err:
             raise ConfigError(str(err)) from None
         except OSError as err:
-            raise StorageError(f"cannot read the run at {args.resume if args.resume != 'auto' else named.run.output_dir}: {err}") from None
+            raise StorageError(
+                f"cannot read the run at {args.resume if args.resume != 'auto' else named.run.output_dir}: {err}"
+            ) from None
         cfg = load_config(JobConfig, run.resolved_config(), args.overrides)
     else:
         cfg = load_config(JobConfig, args.config, args.overrides)
     if is_uri(run.location if run else cfg.run.output_dir):
-        Store.open(run.location if run else cfg.run.output_dir, cfg.storage).check_writable("run.output_dir" if run is None else "the run folder")
+        Store.open(run.location if run else cfg.run.output_dir, cfg.storage).check_writable(
+            "run.output_dir" if run is None else "the run folder"
+        )
     train = load_problems(cfg.data.train, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_train)
     evaluation = load_problems(cfg.data.eval, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_eval)
     for name, report in (("train", train), ("eval", evaluation)):
@@ -97,15 +121,21 @@ def fit_prompts(cfg: JobConfig, model_path: str, train: list, evaluation: list) 
     """Every prompt the run can build must fit model.max_prompt_tokens (or its problem is dropped)."""
     from transformers import AutoTokenizer
 
-    prompter = Prompter(AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
+    prompter = Prompter(
+        AutoTokenizer.from_pretrained(model_path), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template
+    )
     skip = cfg.model.long_prompts == "skip"
     train, dropped_train = prompter.fitting(train, True, "data.train", skip)
     evaluation, dropped_eval = prompter.fitting(evaluation, False, "data.eval", skip)
     for name, dropped in (("train", dropped_train), ("eval", dropped_eval)):
         if dropped:
-            print(f"data.{name}: dropped {dropped} problems whose prompts exceed model.max_prompt_tokens={cfg.model.max_prompt_tokens}")
+            print(
+                f"data.{name}: dropped {dropped} problems whose prompts exceed model.max_prompt_tokens={cfg.model.max_prompt_tokens}"
+            )
     if not train or not evaluation:
-        raise DataError("no problem is left once those whose prompts are too long are dropped; raise model.max_prompt_tokens")
+        raise DataError(
+            "no problem is left once those whose prompts are too long are dropped; raise model.max_prompt_tokens"
+        )
     return train, evaluation
 
 
@@ -158,14 +188,19 @@ def main(argv: list[str] | None = None) -> int:
         run.discard_uncommitted()
     print(f"run folder: {run.location}" + (f" (resuming from {checkpoint_name(checkpoint)})" if checkpoint else ""))
     try:
-        Controller(cfg, run, model_path, train, evaluation, resume_from=checkpoint, stop_after_stage=args.stop_after_stage).run_all()
+        Controller(
+            cfg, run, model_path, train, evaluation, resume_from=checkpoint, stop_after_stage=args.stop_after_stage
+        ).run_all()
     except (RemoteCallError, PlacementError, NumericalFault, FloatingPointError, StorageError) as err:
         try:
             latest = run.latest_checkpoint()
             where = f"its last checkpoint is {checkpoint_name(latest)}" if latest else "it has no checkpoint yet"
         except OSError:  # the storage itself is what failed
             where = "its checkpoints could not be listed"
-        print(f"error: {err}\nThe run stopped; {where}. Continue it with: python -m launch.train --resume {run.location}", file=sys.stderr)
+        print(
+            f"error: {err}\nThe run stopped; {where}. Continue it with: python -m launch.train --resume {run.location}",
+            file=sys.stderr,
+        )
         return 1
     report = write_report(run.path)
     run.publish()

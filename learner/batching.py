@@ -42,8 +42,10 @@ class MicroBatch:
 
     def model_inputs(self, device: torch.device) -> dict[str, torch.Tensor | int]:
         return {
-            "input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device),
-            "position_ids": self.position_ids.to(device), "logits_to_keep": self.keep + 1,
+            "input_ids": self.input_ids.to(device),
+            "attention_mask": self.attention_mask.to(device),
+            "position_ids": self.position_ids.to(device),
+            "logits_to_keep": self.keep + 1,
         }
 
 
@@ -67,7 +69,16 @@ def collate(sequences: list[Sequence], index: list[int], pad_id: int, multiple: 
         loss_mask[row, keep - len(seq.completion) :] = 1.0
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     advantages = torch.tensor([s.advantage for s in sequences], dtype=torch.float32)
-    return MicroBatch(input_ids, attention, positions, input_ids[:, length - keep :], loss_mask, advantages, index, _behaviour(sequences, keep))
+    return MicroBatch(
+        input_ids,
+        attention,
+        positions,
+        input_ids[:, length - keep :],
+        loss_mask,
+        advantages,
+        index,
+        _behaviour(sequences, keep),
+    )
 
 
 def _behaviour(sequences: list[Sequence], keep: int) -> torch.Tensor | None:
@@ -80,7 +91,9 @@ def _behaviour(sequences: list[Sequence], keep: int) -> torch.Tensor | None:
     out = torch.zeros((len(sequences), keep), dtype=torch.float32)
     for row, seq in enumerate(sequences):
         if len(seq.behaviour_logprobs) != len(seq.completion):
-            raise ValueError(f"{len(seq.behaviour_logprobs)} behaviour log-probs for {len(seq.completion)} completion tokens")
+            raise ValueError(
+                f"{len(seq.behaviour_logprobs)} behaviour log-probs for {len(seq.completion)} completion tokens"
+            )
         out[row, keep - len(seq.completion) :] = torch.tensor(seq.behaviour_logprobs, dtype=torch.float32)
     return out
 

@@ -35,8 +35,17 @@ def combine(stats: list[dict[str, float]]) -> dict[str, float]:
 
 class LearnerGroup:
     def __init__(
-        self, placement: Placement, run: str, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, cluster: ClusterConfig, pad_id: int,
-        storage: StorageConfig | None = None, adapter: bool = False, reference_path: str | None = None,
+        self,
+        placement: Placement,
+        run: str,
+        model_path: str,
+        cfg: LearnerConfig,
+        grpo: GRPOConfig,
+        cluster: ClusterConfig,
+        pad_id: int,
+        storage: StorageConfig | None = None,
+        adapter: bool = False,
+        reference_path: str | None = None,
     ):
         """`adapter`: train a fresh LoRA adapter (`cfg.lora`) on the weights at `model_path`.
         `reference_path`: the KL reference's weights, when not those at `model_path`."""
@@ -45,16 +54,35 @@ class LearnerGroup:
         self.size = cfg.num_learners
         self.names = [f"learner-{rank}" for rank in range(self.size)]
         self.actors = [
-            actor.options(**placement.options("learner", rank, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})).remote(rank, self.size, model_path, cfg, grpo, storage)
+            actor.options(
+                **placement.options("learner", rank, run, cluster, env={"OMP_NUM_THREADS": str(cfg.torch_threads)})
+            ).remote(rank, self.size, model_path, cfg, grpo, storage)
             for rank in range(self.size)
         ]
         # Where each rank runs, kept from the start: once a node dies its bundles may move or vanish.
         self.nodes = [placement.node_id("learner", rank) for rank in range(self.size)]
         master_addr, master_port = self._call("address", what="learner-0 to pick a rendezvous address", ranks=[0])[0]
-        self._call("setup", master_addr, master_port, pad_id, adapter, reference_path, what="the learner group to form its process group", timeout=cfg.init_timeout_s)
+        self._call(
+            "setup",
+            master_addr,
+            master_port,
+            pad_id,
+            adapter,
+            reference_path,
+            what="the learner group to form its process group",
+            timeout=cfg.init_timeout_s,
+        )
         self.adapter = adapter
 
-    def _call(self, method: str, *args, what: str, ranks: list[int] | None = None, timeout: float | None = None, per_rank: list | None = None):
+    def _call(
+        self,
+        method: str,
+        *args,
+        what: str,
+        ranks: list[int] | None = None,
+        timeout: float | None = None,
+        per_rank: list | None = None,
+    ):
         targets = ranks if ranks is not None else range(self.size)
         refs = [
             getattr(self.actors[r], method).remote(*((per_rank[r],) if per_rank is not None else ()), *args)
@@ -77,7 +105,13 @@ class LearnerGroup:
         """One SFT update at `lr` (None: `learner.sft_lr`)."""
         target_tokens = sum(len(s.completion) for s in sequences)
         lr = self.cfg.sft_lr if lr is None else lr
-        stats = self._call("sft_step", float(target_tokens), lr, per_rank=shard(sequences, self.size), what="sft_step on the learner group")
+        stats = self._call(
+            "sft_step",
+            float(target_tokens),
+            lr,
+            per_rank=shard(sequences, self.size),
+            what="sft_step on the learner group",
+        )
         return combine(stats)
 
     def grpo_step(self, sequences: list[Sequence]) -> dict[str, float]:
@@ -87,7 +121,9 @@ class LearnerGroup:
             normalizer = float(sum(len(s.completion) for s in sequences))
         if self.grpo.skip_zero_advantage and self.grpo.kl_coef == 0:
             sequences = with_signal(sequences, self.size)  # same update, less work: see with_signal
-        stats = self._call("grpo_step", normalizer, per_rank=shard(sequences, self.size), what="grpo_step on the learner group")
+        stats = self._call(
+            "grpo_step", normalizer, per_rank=shard(sequences, self.size), what="grpo_step on the learner group"
+        )
         return {**combine(stats), "learner_sequences": len(sequences)}
 
     def begin_grpo(self) -> None:
@@ -100,7 +136,9 @@ class LearnerGroup:
         """Whether a sync carries the adapter alone (always through the object store)."""
         return self.adapter and self.cfg.lora.sync == "adapter"
 
-    def export_weights(self, adapter: bool | None = None, verify: bool = False) -> tuple[ray.ObjectRef, list[ray.ObjectRef]]:
+    def export_weights(
+        self, adapter: bool | None = None, verify: bool = False
+    ) -> tuple[ray.ObjectRef, list[ray.ObjectRef]]:
         """Rank 0's plain weights, or its adapter (default: as `sends_adapter` says), as an object
         ref, and every rank's ref (every rank joins the ZeRO-3 gather). `verify`: rank 0 keeps the
         digests of what it exported (`sent_digests`)."""

@@ -17,18 +17,39 @@ from cluster.typed_config import option
 @dataclass
 class GRPOConfig:
     group_size: int = option(8, "G: completions sampled per prompt; advantages are relative within the group.")
-    scale_advantages_by_std: bool = option(True, "Divide group-centred rewards by the group std (GRPO); false = mean-only (Dr. GRPO).")
+    scale_advantages_by_std: bool = option(
+        True, "Divide group-centred rewards by the group std (GRPO); false = mean-only (Dr. GRPO)."
+    )
     clip_low: float = option(0.2, "epsilon_low: the ratio is clipped below at 1 - clip_low.")
     clip_high: float = option(0.28, "epsilon_high: the ratio is clipped above at 1 + clip_high (DAPO's clip-higher).")
-    kl_coef: float = option(0.0, "beta for the k3 KL to a frozen reference model: the policy as stage 1 left it (a run resumed within stage 2 or 3 loads it from the stage-1 checkpoint; with a LoRA adapter in every stage: the base, adapter off); 0 builds no reference model.")
-    loss_aggregation: Literal["token_mean", "sequence_mean"] = option("token_mean", "'token_mean': every completion token weighs the same; 'sequence_mean': mean per sequence, then over sequences.")
-    policy_epochs: int = option(1, "Passes of the learner over each rollout batch (ratios differ from 1 after the first).")
-    skip_zero_advantage: bool = option(True, "Leave sequences whose advantage is 0 (groups whose rewards are all equal) out of the learner's forward and backward: their policy gradient is 0 and the loss keeps the whole batch's normaliser, so the update is unchanged. Not applied when kl_coef > 0.")
-    overlap_rollout: bool = option(False, "Generate the next step's groups while the learner updates on this step's: one-step off-policy (those groups come from the weights one update behind), corrected by the behaviour weight below. Pays off when rollout and learner have their own devices; on one CPU give each actor part of the cores (rollout.torch_threads, learner.torch_threads).")
-    behaviour_weight_cap: float = option(2.0, "Off-policy groups: each token's loss is weighted by pi_current / pi_behaviour (the sampling policy's probability, from vLLM), truncated at this value.")
+    kl_coef: float = option(
+        0.0,
+        "beta for the k3 KL to a frozen reference model: the policy as stage 1 left it (a run resumed within stage 2 or 3 loads it from the stage-1 checkpoint; with a LoRA adapter in every stage: the base, adapter off); 0 builds no reference model.",
+    )
+    loss_aggregation: Literal["token_mean", "sequence_mean"] = option(
+        "token_mean",
+        "'token_mean': every completion token weighs the same; 'sequence_mean': mean per sequence, then over sequences.",
+    )
+    policy_epochs: int = option(
+        1, "Passes of the learner over each rollout batch (ratios differ from 1 after the first)."
+    )
+    skip_zero_advantage: bool = option(
+        True,
+        "Leave sequences whose advantage is 0 (groups whose rewards are all equal) out of the learner's forward and backward: their policy gradient is 0 and the loss keeps the whole batch's normaliser, so the update is unchanged. Not applied when kl_coef > 0.",
+    )
+    overlap_rollout: bool = option(
+        False,
+        "Generate the next step's groups while the learner updates on this step's: one-step off-policy (those groups come from the weights one update behind), corrected by the behaviour weight below. Pays off when rollout and learner have their own devices; on one CPU give each actor part of the cores (rollout.torch_threads, learner.torch_threads).",
+    )
+    behaviour_weight_cap: float = option(
+        2.0,
+        "Off-policy groups: each token's loss is weighted by pi_current / pi_behaviour (the sampling policy's probability, from vLLM), truncated at this value.",
+    )
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
     """Rewards `[num_groups * G]` (group-major) -> advantages: centred (and scaled) per group."""
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
@@ -79,7 +100,9 @@ class _TokenLogProbs(torch.autograd.Function):
         grad = torch.empty_like(logits)
         for row, start, end in _chunks(logits):
             upstream = grad_out[row, start:end].float().unsqueeze(-1)
-            chunk_grad = torch.exp(logits[row, start:end].float() - log_norm[row, start:end].unsqueeze(-1)).mul_(-upstream)
+            chunk_grad = torch.exp(logits[row, start:end].float() - log_norm[row, start:end].unsqueeze(-1)).mul_(
+                -upstream
+            )
             chunk_grad.scatter_add_(-1, tokens[row, start:end].unsqueeze(-1), upstream)
             grad[row, start:end] = chunk_grad
         return grad, None
@@ -174,7 +197,9 @@ def grpo_loss(
     return loss, stats
 
 
-def sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, num_tokens: float | None = None) -> torch.Tensor:
+def sft_loss(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, num_tokens: float | None = None
+) -> torch.Tensor:
     """Cross-entropy on target tokens only: `mask` is 0 on prompt and padding positions.
 
     `logits[:, t]` must already be the prediction of `targets[:, t]` (shifted by the caller).

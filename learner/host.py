@@ -24,4 +24,3 @@ def free_address() -> tuple[str, int]:
         sock.bind(("", 0))
         port = sock.getsockname()[1]
     return ray.util.get_node_ip_address(), port
-

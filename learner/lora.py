@@ -55,12 +55,17 @@ def plain_tensor(sources: list[torch.Tensor], scale: float) -> torch.Tensor:
 
 def plain_state(tensors: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
     """The plain model's tensors from the wrapped model's (all present, e.g. gathered)."""
-    return {plain: plain_tensor([tensors[s] for s in sources], scale) for plain, sources in export_plan(list(tensors)).items()}
+    return {
+        plain: plain_tensor([tensors[s] for s in sources], scale)
+        for plain, sources in export_plan(list(tensors)).items()
+    }
 
 
 def adapter_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adapter's tensors named as in peft's saved `adapter_model.safetensors` (and as vLLM reads them)."""
-    return {name.replace(f".{ADAPTER}.", "."): t for name, t in tensors.items() if ".lora_A." in name or ".lora_B." in name}
+    return {
+        name.replace(f".{ADAPTER}.", "."): t for name, t in tensors.items() if ".lora_A." in name or ".lora_B." in name
+    }
 
 
 def scale_of(cfg: LoraConfig) -> float:
@@ -84,7 +89,14 @@ def peft_config(cfg: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
 
     targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
-    return PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    return PeftLoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def attach(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
@@ -107,7 +119,9 @@ def adapter_parameters(model: torch.nn.Module, cfg: LoraConfig) -> int:
     return sum(
         cfg.rank * (module.in_features + module.out_features)
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and module is not head and (every or name.rpartition(".")[2] in cfg.target_modules)
+        if isinstance(module, torch.nn.Linear)
+        and module is not head
+        and (every or name.rpartition(".")[2] in cfg.target_modules)
     )
 
 

@@ -21,7 +21,9 @@ def freeze_bottom_layers(model, count: int) -> None:
         return
     layers = model.get_decoder().layers
     if count >= len(layers):
-        raise ValueError(f"learner.frozen_layers={count} leaves nothing to train: the model has {len(layers)} decoder layers")
+        raise ValueError(
+            f"learner.frozen_layers={count} leaves nothing to train: the model has {len(layers)} decoder layers"
+        )
     for layer in layers[:count]:
         layer.requires_grad_(False)
     embedding = model.get_input_embeddings()
@@ -37,7 +39,9 @@ def check_frozen_layers(folder: str, count: int) -> None:
 
     layers = AutoConfig.from_pretrained(folder).num_hidden_layers
     if count < 0 or count >= layers:
-        raise ModelError(f"learner.frozen_layers={count} must be between 0 and {layers - 1}: the model at {folder} has {layers} decoder layers")
+        raise ModelError(
+            f"learner.frozen_layers={count} must be between 0 and {layers - 1}: the model at {folder} has {layers} decoder layers"
+        )
 
 
 def check_lora_targets(folder: str, lora) -> None:
@@ -53,7 +57,9 @@ def check_lora_targets(folder: str, lora) -> None:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
     bad = unknown_targets(lora, model)
     if bad:
-        raise ModelError(f"learner.lora.target_modules: the model at {folder} has no linear layer named {', '.join(bad)} (it has {', '.join(sorted(linear_layer_names(model)))})")
+        raise ModelError(
+            f"learner.lora.target_modules: the model at {folder} has no linear layer named {', '.join(bad)} (it has {', '.join(sorted(linear_layer_names(model)))})"
+        )
 
 
 def model_shape(spec: str, storage: StorageConfig | None = None, lora=None) -> ModelShape:
@@ -72,7 +78,9 @@ def model_shape(spec: str, storage: StorageConfig | None = None, lora=None) -> M
         except StorageError as err:
             raise ModelError(f"model {spec}: {err}") from None
         if not (Path(source) / "config.json").is_file():
-            raise ModelError(f"model not found: {spec} has no config.json (expected a checkpoint or save_pretrained folder)")
+            raise ModelError(
+                f"model not found: {spec} has no config.json (expected a checkpoint or save_pretrained folder)"
+            )
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"model folder {spec} has no config.json (expected a save_pretrained folder)")

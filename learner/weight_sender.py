@@ -32,7 +32,10 @@ class WeightSender:
         module = self.engine.module
         if adapter:
             lora = [p for name, p in module.named_parameters() if ".lora_" in name]
-            packed = self._gathered(lambda: PackedAdapter(pack(adapter_state(dict(module.named_parameters()))), adapter_config(module)), params=lora)
+            packed = self._gathered(
+                lambda: PackedAdapter(pack(adapter_state(dict(module.named_parameters()))), adapter_config(module)),
+                params=lora,
+            )
         else:
             packed = self._gathered(lambda: pack(plain_state(dict(module.named_parameters()), scale_of(self.cfg.lora))))
         if verify and packed is not None:
@@ -68,7 +71,9 @@ class WeightSender:
         if self.rank == 0 and self.weight_group is None:
             raise WeightGroupError("learner-0 is in no weight group: a new one must be formed first")
         try:
-            sent, digests = broadcast_buckets(self.weight_group, self.engine.module, buckets, self.cfg.zero_stage, scale_of(self.cfg.lora), verify)
+            sent, digests = broadcast_buckets(
+                self.weight_group, self.engine.module, buckets, self.cfg.zero_stage, scale_of(self.cfg.lora), verify
+            )
         except WeightGroupError:
             self.weight_group.close()
             self.weight_group = None
@@ -82,7 +87,12 @@ class WeightSender:
 
 
 def broadcast_buckets(
-    group: WeightGroup | None, module: torch.nn.Module, buckets: list[BucketMeta], zero_stage: int, lora_scale: float, verify: bool = False,
+    group: WeightGroup | None,
+    module: torch.nn.Module,
+    buckets: list[BucketMeta],
+    zero_stage: int,
+    lora_scale: float,
+    verify: bool = False,
 ) -> tuple[int, dict[str, str]]:
     """Broadcast the plain model's parameters (`learner/lora.py`: with an adapter, merged with
     `lora_scale`) bucket by bucket from the rank holding `group`; under ZeRO-3 every rank calls

@@ -32,7 +32,15 @@ from learner.weight_sender import WeightSender
 
 
 class LearnerWorker(WeightSender):
-    def __init__(self, rank: int, world_size: int, model_path: str, cfg: LearnerConfig, grpo: GRPOConfig, storage: StorageConfig | None = None):
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        model_path: str,
+        cfg: LearnerConfig,
+        grpo: GRPOConfig,
+        storage: StorageConfig | None = None,
+    ):
         self.rank, self.world_size = rank, world_size
         self.storage = storage or StorageConfig()
         # Resolved on this node; a checkpoint on shared storage is fetched once, with this rank's shards only.
@@ -50,7 +58,9 @@ class LearnerWorker(WeightSender):
     def address(self) -> tuple[str, int]:
         return free_address()
 
-    def setup(self, master_addr: str, master_port: int, pad_id: int, adapter: bool = False, reference_path: str | None = None) -> int:
+    def setup(
+        self, master_addr: str, master_port: int, pad_id: int, adapter: bool = False, reference_path: str | None = None
+    ) -> int:
         """Join the process group and build the engine, training a fresh LoRA adapter on the
         weights at `model_path` when `adapter` (a resume then loads the adapter's state), and the
         reference model if KL is on: the weights at `reference_path` when given, else the starting
@@ -58,10 +68,15 @@ class LearnerWorker(WeightSender):
         import deepspeed
 
         os.environ.update(
-            RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
-            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            LOCAL_RANK="0",
+            WORLD_SIZE=str(self.world_size),
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
         )
-        deepspeed.init_distributed(dist_backend=process_group_backend(str(self.device)), timeout=timedelta(seconds=self.cfg.init_timeout_s))
+        deepspeed.init_distributed(
+            dist_backend=process_group_backend(str(self.device)), timeout=timedelta(seconds=self.cfg.init_timeout_s)
+        )
         self.pad_id = pad_id
         model = self._plain_model()
         freeze_bottom_layers(model, self.cfg.frozen_layers)
@@ -95,7 +110,9 @@ class LearnerWorker(WeightSender):
         # fused: one pass over the flat fp32 partition instead of several full-size temporaries
         # (SmolLM2 on 2 CPU cores: optimizer step 1.01 s -> 0.62 s of an ~11 s SFT step).
         optimizer = torch.optim.AdamW(trainable, lr=self.cfg.sft_lr, weight_decay=self.cfg.weight_decay, fused=True)
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, optimizer=optimizer, config=self.cfg.deepspeed_config())
+        self.engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=trainable, optimizer=optimizer, config=self.cfg.deepspeed_config()
+        )
 
     def begin_grpo(self) -> None:
         """Stage 1 -> 2. An adapter trained for stage 1 only is merged into the weights, and the
@@ -160,7 +177,9 @@ class LearnerWorker(WeightSender):
         norm = self.engine.get_global_grad_norm()
         norm = float(norm) if norm is not None else float("nan")
         if applied and not (math.isfinite(total) and math.isfinite(norm)):
-            raise FloatingPointError(f"learner-{self.rank}: a non-finite update (loss {total}, grad norm {norm}) was applied")
+            raise FloatingPointError(
+                f"learner-{self.rank}: a non-finite update (loss {total}, grad norm {norm}) was applied"
+            )
         return total / self.world_size, norm, applied
 
     # ------------------------------------------------------------------------------------------
@@ -178,13 +197,19 @@ class LearnerWorker(WeightSender):
         def loss_of(_, batch):
             logits = self._logits(self.engine, batch)
             # summed over target tokens, then scaled to the global mean (see _optimizer_step)
-            return sft_loss(logits, batch.targets.to(self.device), batch.loss_mask.to(self.device), num_tokens=1.0) * scale
+            return (
+                sft_loss(logits, batch.targets.to(self.device), batch.loss_mask.to(self.device), num_tokens=1.0) * scale
+            )
 
         loss, norm, applied = self._optimizer_step(batches, loss_of)
         tokens = sum(len(s.prompt) + len(s.completion) for s in sequences)
         return {
-            "loss": loss, "grad_norm": norm, "skipped": float(not applied), "tokens": tokens,
-            "seconds": time.perf_counter() - start, "resident_gib": resident_gib(),
+            "loss": loss,
+            "grad_norm": norm,
+            "skipped": float(not applied),
+            "tokens": tokens,
+            "seconds": time.perf_counter() - start,
+            "resident_gib": resident_gib(),
         }
 
     def grpo_step(self, sequences: list[Sequence], normalizer: float) -> dict[str, float]:
@@ -218,8 +243,11 @@ class LearnerWorker(WeightSender):
             log_probs = token_log_probs(logits, batch.targets.to(self.device))
             behaviour = batch.behaviour_log_probs
             loss, stats = grpo_loss(
-                log_probs, log_probs.detach() if old is None else old[i].to(self.device),
-                batch.advantages.to(self.device), mask, self.grpo,
+                log_probs,
+                log_probs.detach() if old is None else old[i].to(self.device),
+                batch.advantages.to(self.device),
+                mask,
+                self.grpo,
                 ref_log_probs=None if ref[i] is None else ref[i].to(self.device),
                 num_tokens=None if per_sequence else normalizer,
                 behaviour_log_probs=None if behaviour is None else behaviour.to(self.device),
@@ -243,9 +271,12 @@ class LearnerWorker(WeightSender):
         result = {key: value / weight for key, value in sums.items()}
         result.update(
             completion_tokens=weight,
-            loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms), skipped=float(skipped),
+            loss=sum(losses) / len(losses),
+            grad_norm=sum(norms) / len(norms),
+            skipped=float(skipped),
             tokens=sum(len(s.prompt) + len(s.completion) for s in sequences) * self.grpo.policy_epochs,
-            seconds=time.perf_counter() - start, resident_gib=resident_gib(),
+            seconds=time.perf_counter() - start,
+            resident_gib=resident_gib(),
         )
         return result
 
@@ -297,14 +328,20 @@ class LearnerWorker(WeightSender):
             bad = [name for name, tensor in plain.items() if not torch.isfinite(tensor).all()]
             if bad:  # never write a checkpoint that cannot be trained or served
                 raise FloatingPointError(f"refusing to save {folder}: non-finite values in {', '.join(bad[:3])}")
-            (module.get_base_model() if self.adapter else module).save_pretrained(folder, state_dict=plain, safe_serialization=True)
+            (module.get_base_model() if self.adapter else module).save_pretrained(
+                folder, state_dict=plain, safe_serialization=True
+            )
             if self.adapter:
                 module.save_pretrained(os.path.join(folder, "adapter"), state_dict=state, safe_serialization=True)
-        self.engine.save_checkpoint(os.path.join(folder, "deepspeed"), tag="state", exclude_frozen_parameters=self.adapter)
+        self.engine.save_checkpoint(
+            os.path.join(folder, "deepspeed"), tag="state", exclude_frozen_parameters=self.adapter
+        )
 
     def load(self, folder: str) -> None:
         folder = local_copy(folder, self.storage, self._needs)
-        path, _ = self.engine.load_checkpoint(os.path.join(folder, "deepspeed"), tag="state", load_module_strict=not self.adapter)
+        path, _ = self.engine.load_checkpoint(
+            os.path.join(folder, "deepspeed"), tag="state", load_module_strict=not self.adapter
+        )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state under {folder}/deepspeed")
 

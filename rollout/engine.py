@@ -34,7 +34,12 @@ class Completion:
 
 class RolloutEngine:
     def __init__(
-        self, model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool = False, max_lora_rank: int = 0,
+        self,
+        model_path: str,
+        cfg: RolloutConfig,
+        seed: int,
+        weight_receiver: bool = False,
+        max_lora_rank: int = 0,
         who: str = "the vLLM engine",
     ):
         """`max_lora_rank` > 0: the engine can serve a LoRA adapter of up to that rank on top of its
@@ -44,7 +49,9 @@ class RolloutEngine:
         gpu_ids, cuda_devices = assigned_gpus(), torch.cuda.device_count()
         self.device = actor_device(gpu_ids, cuda_devices, who)
         gpu_count = cuda_devices if gpu_ids is None else len(gpu_ids)
-        launch = engine_launch(self.device, gpu_count, cfg.tensor_parallel_size, installed_vllm_build(), cfg.kv_cache_gb, who)
+        launch = engine_launch(
+            self.device, gpu_count, cfg.tensor_parallel_size, installed_vllm_build(), cfg.kv_cache_gb, who
+        )
         os.environ.update(launch.env)
         torch.set_num_threads(cfg.torch_threads)
         from vllm import LLM
@@ -56,7 +63,13 @@ class RolloutEngine:
         self.lora_ids = 0
 
     def generate(
-        self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int, logprobs: bool = True,
+        self,
+        prompts: list[list[int]],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        logprobs: bool = True,
         seed: int | None = None,
     ) -> list[list[Completion]]:
         """For each prompt (token ids), `n` completions, in prompt order; the same `seed`, weights
@@ -68,15 +81,23 @@ class RolloutEngine:
             torch.manual_seed(seed)  # vLLM-CPU samples from torch's default generator
         params = [
             SamplingParams(
-                n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_tokens,
-                logprobs=0 if logprobs else None, seed=None if seeds is None else seeds[i],
+                n=n,
+                temperature=temperature,
+                top_p=top_p if temperature > 0 else 1.0,
+                max_tokens=max_tokens,
+                logprobs=0 if logprobs else None,
+                seed=None if seeds is None else seeds[i],
             )
             for i in range(len(prompts))
         ]
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=self.lora)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=self.lora
+        )
         return [[_completion(c, logprobs) for c in out.outputs] for out in outputs]
 
-    def load_weights(self, weights: PackedWeights | PackedAdapter, version: int, verify: bool = False) -> tuple[int, list[dict[str, str]] | None]:
+    def load_weights(
+        self, weights: PackedWeights | PackedAdapter, version: int, verify: bool = False
+    ) -> tuple[int, list[dict[str, str]] | None]:
         """Replace the engine's weights in place (dropping any adapter), or serve the adapter
         `weights` on top of them. Returns the bytes loaded and, when `verify`, each vLLM worker's
         digests of the tensors it loaded (cluster/weight_check.py)."""
@@ -92,7 +113,9 @@ class RolloutEngine:
         self.version = version
         return weights.nbytes, digests if verify else None
 
-    def _load_adapter(self, adapter: PackedAdapter, version: int, verify: bool) -> tuple[int, list[dict[str, str]] | None]:
+    def _load_adapter(
+        self, adapter: PackedAdapter, version: int, verify: bool
+    ) -> tuple[int, list[dict[str, str]] | None]:
         """vLLM loads adapters from folders: write this one to a new folder and register it under a
         new id (an adapter id already loaded would be served from vLLM's cache), then drop the old."""
         from safetensors.torch import save_file
@@ -143,7 +166,9 @@ class RolloutEngine:
         return received[0][0], [digests for _, digests in received] if verify else None
 
 
-def engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool, max_lora_rank: int, launch: dict) -> dict:
+def engine_kwargs(
+    model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool, max_lora_rank: int, launch: dict
+) -> dict:
     """The keyword arguments of `vllm.LLM` (checked against the installed vLLM in tests)."""
     return dict(
         model=model_path,

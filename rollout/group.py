@@ -44,8 +44,15 @@ class PendingGeneration:
 
 class RolloutGroup:
     def __init__(
-        self, placement: Placement, run: str, model_path: str, cfg: RolloutConfig, cluster: ClusterConfig, seed: int,
-        storage: StorageConfig | None = None, max_lora_rank: int = 0,
+        self,
+        placement: Placement,
+        run: str,
+        model_path: str,
+        cfg: RolloutConfig,
+        cluster: ClusterConfig,
+        seed: int,
+        storage: StorageConfig | None = None,
+        max_lora_rank: int = 0,
     ):
         """`max_lora_rank` > 0: the engines can serve a LoRA adapter (`learner.lora.sync: adapter`)."""
         actor = ray.remote(RolloutWorker)
@@ -62,16 +69,29 @@ class RolloutGroup:
         # Called with a worker's index after Ray restarted it: bring it to the current weights.
         self.restore: Callable[[int], None] | None = None
         # Engines start in parallel; wait until every one answers.
-        wait_all([w.version.remote() for w in self.workers], cluster.call_timeout_s, "rollout workers to start their vLLM engines", self.names)
+        wait_all(
+            [w.version.remote() for w in self.workers],
+            cluster.call_timeout_s,
+            "rollout workers to start their vLLM engines",
+            self.names,
+        )
 
     def submit(
-        self, prompts: list[list[int]], n: int, temperature: float, max_tokens: int, top_p: float = 1.0,
-        logprobs: bool = True, seed: int | None = None,
+        self,
+        prompts: list[list[int]],
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        top_p: float = 1.0,
+        logprobs: bool = True,
+        seed: int | None = None,
     ) -> PendingGeneration:
         """Start generating on every worker and return at once; `collect` waits for the results.
 
         `seed` seeds each worker's sampling (with seed + 1000 x its index) for this call."""
-        pending = PendingGeneration(split_evenly(prompts, len(self.workers)), (n, temperature, top_p, max_tokens, logprobs, seed))
+        pending = PendingGeneration(
+            split_evenly(prompts, len(self.workers)), (n, temperature, top_p, max_tokens, logprobs, seed)
+        )
         pending.refs = {i: self._call(pending, i) for i, chunk in enumerate(pending.chunks) if chunk}
         return pending
 
@@ -82,7 +102,9 @@ class RolloutGroup:
         what = f"generation of {sum(map(len, pending.chunks))} prompts x {pending.args[0]}"
         while pending.refs:
             todo = list(pending.refs)
-            outcomes = settle([pending.refs[i] for i in todo], self.cluster.call_timeout_s, what, [self.names[i] for i in todo])
+            outcomes = settle(
+                [pending.refs[i] for i in todo], self.cluster.call_timeout_s, what, [self.names[i] for i in todo]
+            )
             pending.refs = {}
             for i, out in zip(todo, outcomes):
                 if isinstance(out, ActorDied):
@@ -95,8 +117,14 @@ class RolloutGroup:
         return completions, {version for _, version, _ in done}, max((seconds for _, _, seconds in done), default=0.0)
 
     def generate(
-        self, prompts: list[list[int]], n: int, temperature: float, max_tokens: int, top_p: float = 1.0,
-        logprobs: bool = True, seed: int | None = None,
+        self,
+        prompts: list[list[int]],
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        top_p: float = 1.0,
+        logprobs: bool = True,
+        seed: int | None = None,
     ) -> tuple[list[list[Completion]], set[int], float]:
         """`submit` and `collect` in one call."""
         return self.collect(self.submit(prompts, n, temperature, max_tokens, top_p, logprobs, seed))
@@ -113,20 +141,31 @@ class RolloutGroup:
     def await_restart(self, index: int, what: str) -> None:
         """Wait for Ray to restart worker `index` (it fails here once its restarts are used up)."""
         self.restarts += 1
-        logging.getLogger(__name__).warning("%s died during %s; waiting for its restart (%d so far)", self.names[index], what, self.restarts)
+        logging.getLogger(__name__).warning(
+            "%s died during %s; waiting for its restart (%d so far)", self.names[index], what, self.restarts
+        )
         deadline = time.monotonic() + self.cluster.call_timeout_s
         while True:
             try:
-                wait_all([self.workers[index].version.remote()], max(0.0, deadline - time.monotonic()), "its restart", [self.names[index]])
+                wait_all(
+                    [self.workers[index].version.remote()],
+                    max(0.0, deadline - time.monotonic()),
+                    "its restart",
+                    [self.names[index]],
+                )
                 break
             except ActorDied as err:
                 if not err.restarting or time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)  # calls are refused while Ray brings it back
         node = self.placement.node_id("rollout", index)
-        logging.getLogger(__name__).warning("%s is back, on node %s", self.names[index], describe_node(node) if node else "?")
+        logging.getLogger(__name__).warning(
+            "%s is back, on node %s", self.names[index], describe_node(node) if node else "?"
+        )
 
-    def load_weights(self, weights: ray.ObjectRef, version: int, indices: list[int] | None = None, verify: bool = False) -> list:
+    def load_weights(
+        self, weights: ray.ObjectRef, version: int, indices: list[int] | None = None, verify: bool = False
+    ) -> list:
         """The workers (all, or `indices`) load the weights behind `weights`; returns each one's
         (bytes received, its vLLM workers' digests of what they loaded when `verify`)."""
         indices = list(range(len(self.workers))) if indices is None else indices
@@ -138,11 +177,21 @@ class RolloutGroup:
         )
 
     def versions(self) -> list[int]:
-        return wait_all([w.version.remote() for w in self.workers], self.cluster.call_timeout_s, "rollout worker versions", self.names)
+        return wait_all(
+            [w.version.remote() for w in self.workers],
+            self.cluster.call_timeout_s,
+            "rollout worker versions",
+            self.names,
+        )
 
     def weights_digests(self) -> list[str]:
         """Each worker's hash of the weights its engine holds (equal hashes: the same weights)."""
-        return wait_all([w.weights_digest.remote() for w in self.workers], self.cluster.call_timeout_s, "rollout worker weight digests", self.names)
+        return wait_all(
+            [w.weights_digest.remote() for w in self.workers],
+            self.cluster.call_timeout_s,
+            "rollout worker weight digests",
+            self.names,
+        )
 
     def shutdown(self) -> None:
         for worker in self.workers:

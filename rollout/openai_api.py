@@ -87,7 +87,10 @@ class OpenAIServer:
         self.engine, self.served_name, self.default_max_tokens = engine, served_name, default_max_tokens
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.served_name, "object": "model", "created": 0, "owned_by": "bridge-distill"}]}
+        return {
+            "object": "list",
+            "data": [{"id": self.served_name, "object": "model", "created": 0, "owned_by": "bridge-distill"}],
+        }
 
     async def completions(self, request: CompletionRequest):
         ids = self.engine.tokenizer(request.prompt)["input_ids"]
@@ -108,20 +111,30 @@ class OpenAIServer:
         from vllm.sampling_params import RequestOutputKind
 
         if request.model != self.served_name:
-            raise ApiError(404, f"model '{request.model}' is not served here (this server has '{self.served_name}')", "model", "model_not_found")
+            raise ApiError(
+                404,
+                f"model '{request.model}' is not served here (this server has '{self.served_name}')",
+                "model",
+                "model_not_found",
+            )
         room = self.engine.max_model_len - prompt_len
         if max_tokens is None:
             max_tokens = min(self.default_max_tokens, room)
         if max_tokens > room or room < 1:
             raise ApiError(
-                400, f"the prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds the context of {self.engine.max_model_len} tokens",
-                "max_tokens", "context_length_exceeded",
+                400,
+                f"the prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds the context of {self.engine.max_model_len} tokens",
+                "max_tokens",
+                "context_length_exceeded",
             )
         stop = [request.stop] if isinstance(request.stop, str) else request.stop
         try:
             return SamplingParams(
-                n=request.n, temperature=request.temperature, top_p=request.top_p if request.temperature > 0 else 1.0,
-                max_tokens=max_tokens, stop=stop,
+                n=request.n,
+                temperature=request.temperature,
+                top_p=request.top_p if request.temperature > 0 else 1.0,
+                max_tokens=max_tokens,
+                stop=stop,
                 output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
             )
         except (ValueError, VLLMValidationError) as err:  # vLLM's own checks, e.g. n > 1 with greedy decoding
@@ -130,7 +143,9 @@ class OpenAIServer:
     async def _respond(self, request: _Sampling, ids: list[int], max_tokens: int | None, chat: bool):
         params = self._params(request, len(ids), max_tokens)
         head = {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.served_name,
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": self.served_name,
         }
         if request.stream:
             usage = request.stream_options is not None and request.stream_options.include_usage
@@ -144,12 +159,20 @@ class OpenAIServer:
         except (ValueError, VLLMValidationError) as err:  # the engine refused the request (its input checks)
             raise ApiError(400, str(err)) from None
         choices = [
-            {"index": c.index, "finish_reason": c.finish_reason, "logprobs": None,
-             **({"message": {"role": "assistant", "content": c.text}} if chat else {"text": c.text})}
+            {
+                "index": c.index,
+                "finish_reason": c.finish_reason,
+                "logprobs": None,
+                **({"message": {"role": "assistant", "content": c.text}} if chat else {"text": c.text}),
+            }
             for c in sorted(final.outputs, key=lambda c: c.index)
         ]
         completion_tokens = sum(len(c.token_ids) for c in final.outputs)
-        usage = {"prompt_tokens": len(ids), "completion_tokens": completion_tokens, "total_tokens": len(ids) + completion_tokens}
+        usage = {
+            "prompt_tokens": len(ids),
+            "completion_tokens": completion_tokens,
+            "total_tokens": len(ids) + completion_tokens,
+        }
         return {**head, "object": "chat.completion" if chat else "text_completion", "choices": choices, "usage": usage}
 
     async def _stream(self, ids: list[int], params, head: dict, chat: bool, with_usage: bool):
@@ -160,12 +183,20 @@ class OpenAIServer:
             return f"data: {json.dumps({**head, 'object': kind, 'choices': choices, **extra})}\n\n"
 
         if chat:  # OpenAI opens every choice with the role
-            yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for i in range(params.n)])
+            yield event(
+                [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    for i in range(params.n)
+                ]
+            )
         try:
             async for output in self.engine.generate(ids, params):
                 choices = [
-                    {"index": c.index, "finish_reason": c.finish_reason,
-                     **({"delta": {"content": c.text}} if chat else {"text": c.text, "logprobs": None})}
+                    {
+                        "index": c.index,
+                        "finish_reason": c.finish_reason,
+                        **({"delta": {"content": c.text}} if chat else {"text": c.text, "logprobs": None}),
+                    }
                     for c in output.outputs
                 ]
                 completion_tokens += sum(len(c.token_ids) for c in output.outputs)
@@ -174,6 +205,10 @@ class OpenAIServer:
         except Exception as err:  # headers are gone: report in-band, as OpenAI does
             yield f"data: {json.dumps(error_body(f'generation failed: {err}'))}\n\n"
         if with_usage:
-            usage = {"prompt_tokens": len(ids), "completion_tokens": completion_tokens, "total_tokens": len(ids) + completion_tokens}
+            usage = {
+                "prompt_tokens": len(ids),
+                "completion_tokens": completion_tokens,
+                "total_tokens": len(ids) + completion_tokens,
+            }
             yield event([], usage=usage)
         yield "data: [DONE]\n\n"

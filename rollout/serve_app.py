@@ -1,6 +1,6 @@
 """The Ray Serve application: replicas of the streaming engine behind the OpenAI-compatible API.
 
-    python -m launch.serve --model runs/smollm2-gsm8k/checkpoints/000041-stage3-rewrite
+python -m launch.serve --model runs/smollm2-gsm8k/checkpoints/000041-stage3-rewrite
 """
 
 from __future__ import annotations
@@ -19,16 +19,28 @@ from rollout.openai_api import ChatRequest, CompletionRequest, OpenAIServer, ins
 @dataclass
 class ServeConfig:
     name: str = option("student", "Model name that clients pass as `model` (and /v1/models lists).")
-    host: str = option("127.0.0.1", "Address the HTTP proxy listens on; 127.0.0.1 keeps it to this machine, 0.0.0.0 opens it to the network.")
+    host: str = option(
+        "127.0.0.1",
+        "Address the HTTP proxy listens on; 127.0.0.1 keeps it to this machine, 0.0.0.0 opens it to the network.",
+    )
     port: int = option(8000, "HTTP port.")
     replicas: int = option(1, "Engine replicas; Serve spreads requests over them.")
     cpus_per_replica: float = option(1.0, "Logical CPUs reserved per replica.")
     gpus_per_replica: float = option(0.0, "GPUs per replica (its engine's tensor-parallel size when > 1).")
-    max_ongoing_requests: int = option(32, "Requests one replica holds at once (they share its running batch); more wait in Serve's queue.")
-    default_max_tokens: int = option(512, "max_tokens when a request gives none (capped by the context left after the prompt).")
-    engine: RolloutConfig = section(RolloutConfig, "The vLLM engine of each replica (dtype, context length, KV cache, threads).")
+    max_ongoing_requests: int = option(
+        32, "Requests one replica holds at once (they share its running batch); more wait in Serve's queue."
+    )
+    default_max_tokens: int = option(
+        512, "max_tokens when a request gives none (capped by the context left after the prompt)."
+    )
+    engine: RolloutConfig = section(
+        RolloutConfig, "The vLLM engine of each replica (dtype, context length, KV cache, threads)."
+    )
     seed: int = option(0, "Engine seed (sampled requests are not reproducible across runs unless they are greedy).")
-    shutdown_timeout_s: float = option(3.0, "When the server stops (Ctrl-C, SIGTERM): seconds a replica may spend finishing the requests it is running before its engine is stopped; their streams then end.")
+    shutdown_timeout_s: float = option(
+        3.0,
+        "When the server stops (Ctrl-C, SIGTERM): seconds a replica may spend finishing the requests it is running before its engine is stopped; their streams then end.",
+    )
 
 
 def build_app(model_path: str, cfg: ServeConfig):
@@ -44,9 +56,12 @@ def build_app(model_path: str, cfg: ServeConfig):
         graceful_shutdown_timeout_s=cfg.shutdown_timeout_s,
         graceful_shutdown_wait_loop_s=min(1.0, cfg.shutdown_timeout_s),
         ray_actor_options={
-            "num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica,
+            "num_cpus": cfg.cpus_per_replica,
+            "num_gpus": cfg.gpus_per_replica,
             # A replica given no GPU sees none, as the training actors (cluster/devices.py).
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(cfg.engine.torch_threads), **hidden_gpus_env(cfg.gpus_per_replica)}},
+            "runtime_env": {
+                "env_vars": {"OMP_NUM_THREADS": str(cfg.engine.torch_threads), **hidden_gpus_env(cfg.gpus_per_replica)}
+            },
         },
     )
     @serve.ingress(app)

@@ -12,24 +12,43 @@ from rollout.engine import Completion, RolloutEngine
 
 class RolloutWorker:
     def __init__(
-        self, index: int, model_path: str, cfg: RolloutConfig, seed: int, weight_receiver: bool = False,
-        storage: StorageConfig | None = None, max_lora_rank: int = 0,
+        self,
+        index: int,
+        model_path: str,
+        cfg: RolloutConfig,
+        seed: int,
+        weight_receiver: bool = False,
+        storage: StorageConfig | None = None,
+        max_lora_rank: int = 0,
     ):
         self.index = index
         # Resolved on this node; of a checkpoint on shared storage, its weights, config and tokenizer.
         model_path = resolve_on_node(model_path, storage or StorageConfig(), model_file)
         # Distinct seeds so that the workers' groups are not copies of each other.
         self.engine = RolloutEngine(
-            model_path, cfg, seed=seed + 1000 * index, weight_receiver=weight_receiver, max_lora_rank=max_lora_rank, who=f"rollout-{index}",
+            model_path,
+            cfg,
+            seed=seed + 1000 * index,
+            weight_receiver=weight_receiver,
+            max_lora_rank=max_lora_rank,
+            who=f"rollout-{index}",
         )
 
     def generate(
-        self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_tokens: int,
-        logprobs: bool = True, seed: int | None = None,
+        self,
+        prompts: list[list[int]],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        logprobs: bool = True,
+        seed: int | None = None,
     ) -> tuple[list[list[Completion]], int, float]:
         """Completions, the weight version that produced them, and the seconds it took."""
         start = time.perf_counter()
-        out = self.engine.generate(prompts, n, temperature, top_p, max_tokens, logprobs, None if seed is None else seed + 1000 * self.index)
+        out = self.engine.generate(
+            prompts, n, temperature, top_p, max_tokens, logprobs, None if seed is None else seed + 1000 * self.index
+        )
         return out, self.engine.version, time.perf_counter() - start
 
     def load_weights(self, weights, version: int, verify: bool = False):

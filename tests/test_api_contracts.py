@@ -20,7 +20,9 @@ from rollout.engine import engine_kwargs
 
 def _original(function):
     """The function behind a decorator that hides its signature (DeepSpeed's NVTX wrapper)."""
-    inner = [c.cell_contents for c in getattr(function, "__closure__", None) or () if inspect.isfunction(c.cell_contents)]
+    inner = [
+        c.cell_contents for c in getattr(function, "__closure__", None) or () if inspect.isfunction(c.cell_contents)
+    ]
     return _original(inner[0]) if len(inner) == 1 and function.__name__ != inner[0].__name__ else function
 
 

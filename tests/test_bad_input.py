@@ -55,8 +55,17 @@ def test_bad_config(capsys, out, tiny_model_dir, override, message):
 
 
 def test_lora_on_a_layer_the_model_lacks(capsys, out, tiny_model_dir):
-    err = _refused(capsys, out, f"model.path={tiny_model_dir}", "learner.lora.stages=sft", "learner.lora.target_modules=[q_proj,qkv_proj]")
-    assert "learner.lora.target_modules: the model at" in err and "no linear layer named qkv_proj (it has down_proj, gate_proj" in err
+    err = _refused(
+        capsys,
+        out,
+        f"model.path={tiny_model_dir}",
+        "learner.lora.stages=sft",
+        "learner.lora.target_modules=[q_proj,qkv_proj]",
+    )
+    assert (
+        "learner.lora.target_modules: the model at" in err
+        and "no linear layer named qkv_proj (it has down_proj, gate_proj" in err
+    )
 
 
 def test_missing_and_unloadable_model(capsys, out, tmp_path):
@@ -81,12 +90,18 @@ def test_damaged_model_folder(capsys, out, tiny_model_dir, tmp_path):
 def test_undecodable_data_and_config(capsys, out, tiny_model_dir, tmp_path):
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes((GOOD_ROW + "\n").encode() + '{"question": "Combien coûte"}\n'.encode("latin-1"))
-    assert "latin.jsonl:2: not UTF-8 text (byte 0xfb at column 25)" in _refused(capsys, out, f"model.path={tiny_model_dir}", f"data.train={latin}")
+    assert "latin.jsonl:2: not UTF-8 text (byte 0xfb at column 25)" in _refused(
+        capsys, out, f"model.path={tiny_model_dir}", f"data.train={latin}"
+    )
     config = tmp_path / "config.yaml"
     config.write_bytes(b"\x89PNG\r\n\x1a\n")
     code = main(["--config", str(config), f"run.output_dir={out}"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == f"error: config file {config} is not UTF-8 text (byte 0x89 at offset 0)" and not out.exists()
+    assert (
+        code == 2
+        and err == f"error: config file {config} is not UTF-8 text (byte 0x89 at offset 0)"
+        and not out.exists()
+    )
 
 
 def test_missing_empty_and_malformed_data(capsys, out, tiny_model_dir, rows, tmp_path):
@@ -111,14 +126,24 @@ def test_resume_folder_that_is_not_a_run(capsys, out, tmp_path):
 def test_impossible_placement(tiny_model_dir, out):
     # Its own process: the check needs a Ray cluster (here a local one with 2 CPUs).
     command = [
-        sys.executable, "-m", "launch.train", "--config", "launch/configs/tiny.yaml", f"model.path={tiny_model_dir}",
-        f"run.output_dir={out}", "cluster.address=local", "cluster.num_cpus=2", "rollout.num_workers=4",
+        sys.executable,
+        "-m",
+        "launch.train",
+        "--config",
+        "launch/configs/tiny.yaml",
+        f"model.path={tiny_model_dir}",
+        f"run.output_dir={out}",
+        "cluster.address=local",
+        "cluster.num_cpus=2",
+        "rollout.num_workers=4",
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "error: the layout needs 5 CPUs but the Ray cluster has 2" in result.stderr
     assert not out.exists()
-    labelled = subprocess.run([*command[:-2], "cluster.rollout_labels={pool: rollout}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    labelled = subprocess.run(
+        [*command[:-2], "cluster.rollout_labels={pool: rollout}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     errors = [line for line in labelled.stderr.splitlines() if line.startswith("error:")]
     assert labelled.returncode == 2 and len(errors) == 1, labelled.stderr[-3000:]
     assert errors[0].startswith("error: no Ray node carries the labels pool=rollout (the nodes' labels: (none))")

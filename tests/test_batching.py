@@ -44,7 +44,11 @@ def test_any_multiple_keeps_every_target_token_once(shapes, size, multiple):
 
 
 def test_behaviour_log_probs_are_laid_out_like_the_loss_mask():
-    batch = collate([Sequence([1, 2, 3], [4, 5], 1.0, (-0.5, -1.5)), Sequence([6], [7, 8, 9], 1.0, (-1.0, -2.0, -3.0))], [0, 1], pad_id=0)
+    batch = collate(
+        [Sequence([1, 2, 3], [4, 5], 1.0, (-0.5, -1.5)), Sequence([6], [7, 8, 9], 1.0, (-1.0, -2.0, -3.0))],
+        [0, 1],
+        pad_id=0,
+    )
     assert batch.behaviour_log_probs.tolist() == [[0.0, -0.5, -1.5], [-1.0, -2.0, -3.0]]
     assert collate([Sequence([1], [2])], [0], pad_id=0).behaviour_log_probs is None
     with pytest.raises(ValueError, match="mixes on-policy"):
@@ -64,7 +68,15 @@ def test_micro_batches_cover_everything_once():
 @pytest.mark.parametrize("multiple", [1, 8])
 def test_kept_logits_match_a_full_unpadded_forward(multiple):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
     model = LlamaForCausalLM(config).eval()
     sequences = [Sequence([5, 6, 7, 8], [9, 10]), Sequence([11], [12, 13, 14])]
     batch = collate(sequences, [0, 1], pad_id=0, multiple=multiple)
@@ -73,7 +85,7 @@ def test_kept_logits_match_a_full_unpadded_forward(multiple):
         batched = token_log_probs(logits, batch.targets)
         for row, seq in enumerate(sequences):
             ids = torch.tensor([seq.prompt + seq.completion])
-            alone = token_log_probs(model(input_ids=ids).logits[:, :-1], ids[:, 1:])[0, -len(seq.completion):]
+            alone = token_log_probs(model(input_ids=ids).logits[:, :-1], ids[:, 1:])[0, -len(seq.completion) :]
             got = batched[row][batch.loss_mask[row].bool()]
             assert torch.allclose(got, alone, atol=1e-5)
 
@@ -91,7 +103,12 @@ def test_shard_is_even():
 def test_weight_bucket_plan():
     from cluster.weight_group import plan_buckets
 
-    shapes = [("a", (1024,), torch.float32), ("b", (512,), torch.float32), ("c", (256,), torch.bfloat16), ("d", (4096,), torch.bfloat16)]
+    shapes = [
+        ("a", (1024,), torch.float32),
+        ("b", (512,), torch.float32),
+        ("c", (256,), torch.bfloat16),
+        ("d", (4096,), torch.bfloat16),
+    ]
     buckets = plan_buckets(shapes, bucket_bytes=6 * 1024)
     assert buckets == [
         ("float32", [("a", (1024,)), ("b", (512,))]),  # 6 KiB exactly
@@ -105,7 +122,15 @@ def test_single_epoch_reuses_current_log_probs_as_old():
     from learner.grpo import GRPOConfig, grpo_loss
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
     model = LlamaForCausalLM(config)
     batch = collate([Sequence([5, 6, 7], [9, 10, 11], 1.0), Sequence([12], [13, 14], -1.0)], [0, 1], pad_id=0)
     inputs = batch.model_inputs(torch.device("cpu"))
@@ -139,17 +164,34 @@ def test_skipping_zero_advantage_sequences_leaves_the_gradient_unchanged():
     from learner.grpo import GRPOConfig, grpo_loss
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
     model = LlamaForCausalLM(config)
     advantages = (1.0, -1.0, 0.0, 0.0, 0.5, 0.0)
-    seqs = [Sequence([5 + i, 6, 7][: 1 + i % 3], [9, 10 + i, 11][: 1 + (i * 2) % 3], a) for i, a in enumerate(advantages)]
+    seqs = [
+        Sequence([5 + i, 6, 7][: 1 + i % 3], [9, 10 + i, 11][: 1 + (i * 2) % 3], a) for i, a in enumerate(advantages)
+    ]
 
     def gradients(how: str, sequences):
         model.zero_grad()
         normalizer = float(sum(len(s.completion) for s in seqs))  # always the whole batch's
         for batch in micro_batches(sequences, 2, pad_id=0):
             log_probs = token_log_probs(model(**batch.model_inputs(torch.device("cpu"))).logits[:, :-1], batch.targets)
-            loss, _ = grpo_loss(log_probs, log_probs.detach(), batch.advantages, batch.loss_mask, GRPOConfig(loss_aggregation=how), num_tokens=normalizer)
+            loss, _ = grpo_loss(
+                log_probs,
+                log_probs.detach(),
+                batch.advantages,
+                batch.loss_mask,
+                GRPOConfig(loss_aggregation=how),
+                num_tokens=normalizer,
+            )
             (loss * (len(batch.index) / len(seqs) if how == "sequence_mean" else 1.0)).backward()
         return [p.grad.clone() for p in model.parameters()]
 

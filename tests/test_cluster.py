@@ -24,7 +24,6 @@ LABELS = ["cluster.learner_labels={pool: train}", "cluster.rollout_labels={pool:
 NODE = {"object_store_memory": 80 * 2**20}
 
 
-
 @pytest.fixture(scope="module")
 def cluster(monkeypatch_module):
     from ray.cluster_utils import Cluster
@@ -32,13 +31,24 @@ def cluster(monkeypatch_module):
     # Fake GPUs fail to start on a node that sees CUDA_VISIBLE_DEVICES; none is used here.
     monkeypatch_module.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     dashboard = free_port()
-    head = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard, **NODE,
-        "_system_config": {
-            "health_check_period_ms": 1000, "health_check_failure_threshold": 3, "health_check_timeout_ms": 5000,
-            "health_check_initial_delay_ms": 0, "metrics_report_interval_ms": 1000,
+    head = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard,
+            **NODE,
+            "_system_config": {
+                "health_check_period_ms": 1000,
+                "health_check_failure_threshold": 3,
+                "health_check_timeout_ms": 5000,
+                "health_check_initial_delay_ms": 0,
+                "metrics_report_interval_ms": 1000,
+            },
         },
-    })
+    )
     head.dashboard_url = f"http://127.0.0.1:{dashboard}"
     yield head
     head.shutdown()
@@ -51,7 +61,9 @@ def monkeypatch_module():
 
 
 def train(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "launch.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
@@ -60,13 +72,23 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
     model = write_qwen25_3b_config(tmp_path)
     nodes = [cluster.add_node(num_cpus=16, num_gpus=4, **NODE) for _ in range(2)]
     try:
-        args = ["--plan", "--config", "launch/configs/qwen2.5-3b-paper.yaml", f"model.path={model}", f"cluster.address={cluster.address}"]
+        args = [
+            "--plan",
+            "--config",
+            "launch/configs/qwen2.5-3b-paper.yaml",
+            f"model.path={model}",
+            f"cluster.address={cluster.address}",
+        ]
         start = time.perf_counter()
         fits = train(*args)
         print(fits.stdout, f"({time.perf_counter() - start:.1f} s)")
         assert fits.returncode == 0, fits.stderr[-3000:]
         rows = [line for line in fits.stdout.splitlines() if re.match(r"(learner|rollout)-\d ", line)]
-        assert len(rows) == 8 and "3.09 B parameters" in fits.stdout and fits.stdout.rstrip().endswith("the reservation is released.")
+        assert (
+            len(rows) == 8
+            and "3.09 B parameters" in fits.stdout
+            and fits.stdout.rstrip().endswith("the reservation is released.")
+        )
         learner_nodes = {row.split()[1] for row in rows[:4]}
         assert len(learner_nodes) == 1  # PACK: the 4 learners share one node, the 4 engines the other
         # bf16 ZeRO-2 over 4: weights 2P, gradients 2P/4, optimizer 12P/4 (P = 3.09e9)
@@ -75,7 +97,9 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
         # An r16 q/k/v/o adapter in every stage: 36 x 16 x (2 x (2048 + 2048) + 2 x (2048 + 256)) = 7.4 M
         # parameters; only they have gradients and Adam state.
         adapted = train(*args, "learner.lora.stages=all")
-        assert adapted.returncode == 0 and "a LoRA adapter in every stage (r16, 7.4 M trainable)" in adapted.stdout, adapted.stderr[-3000:]
+        assert adapted.returncode == 0 and "a LoRA adapter in every stage (r16, 7.4 M trainable)" in adapted.stdout, (
+            adapted.stderr[-3000:]
+        )
         assert "weights 5.8 + gradients 0.0 + optimizer 0.0 = 5.8 GiB of 80.0 GiB" in adapted.stdout, adapted.stdout
         assert "weight transport: collective (set by cluster.weight_transport)" in fits.stdout
         # A colocated pair on one GPU (0.5 / 0.5): NCCL refuses two members of one group on one GPU,
@@ -83,7 +107,10 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
         pair = ["cluster.colocate=true", "cluster.gpus_per_learner=0.5", "cluster.gpus_per_rollout=0.5"]
         shared = train(*args, *pair, "cluster.weight_transport=auto", "rollout.gpu_memory_utilization=0.4")
         assert shared.returncode == 0, shared.stderr[-3000:]
-        assert "weight transport: object_store (auto: fractional GPUs (cluster.gpus_per_learner=0.5, gpus_per_rollout=0.5) let two members" in shared.stdout
+        assert (
+            "weight transport: object_store (auto: fractional GPUs (cluster.gpus_per_learner=0.5, gpus_per_rollout=0.5) let two members"
+            in shared.stdout
+        )
         assert "at worst 1 learner and 1 engine share one GPU: 47.8 GiB of 80.0 GiB together" in shared.stdout
         refused = {
             "collective": train(*args, *pair, "rollout.gpu_memory_utilization=0.4"),
@@ -91,17 +118,32 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
             "halves": train(*args, "cluster.gpus_per_learner=0.5", "cluster.weight_transport=object_store"),
         }
         errors = {k: [line for line in r.stderr.splitlines() if line.startswith("error:")] for k, r in refused.items()}
-        assert all(r.returncode == 2 and len(errors[k]) == 1 for k, r in refused.items()), {k: r.stderr[-2000:] for k, r in refused.items()}
-        assert errors["collective"][0].startswith("error: cluster.weight_transport=collective cannot work: fractional GPUs")
-        assert re.match(r"error: 1 learner and 1 engine may share one GPU .* would need about 83\.\d GiB of its 80\.0 GiB", errors["crowded"][0])
+        assert all(r.returncode == 2 and len(errors[k]) == 1 for k, r in refused.items()), {
+            k: r.stderr[-2000:] for k, r in refused.items()
+        }
+        assert errors["collective"][0].startswith(
+            "error: cluster.weight_transport=collective cannot work: fractional GPUs"
+        )
+        assert re.match(
+            r"error: 1 learner and 1 engine may share one GPU .* would need about 83\.\d GiB of its 80\.0 GiB",
+            errors["crowded"][0],
+        )
         assert errors["halves"][0].startswith("error: 4 learners at cluster.gpus_per_learner=0.5 may share a GPU")
-        too_big = train(*args, "learner.zero_stage=1", "learner.num_learners=1", "rollout.num_workers=7", "cluster.gpu_memory_gb=24")
-        assert too_big.returncode == 2 and "error: learner-0 needs about 46.0 GiB per GPU before activations, but a GPU has 24.0 GiB" in too_big.stderr
+        too_big = train(
+            *args, "learner.zero_stage=1", "learner.num_learners=1", "rollout.num_workers=7", "cluster.gpu_memory_gb=24"
+        )
+        assert (
+            too_big.returncode == 2
+            and "error: learner-0 needs about 46.0 GiB per GPU before activations, but a GPU has 24.0 GiB"
+            in too_big.stderr
+        )
         cluster.remove_node(nodes.pop())
         nodes.append(cluster.add_node(num_cpus=16, num_gpus=3, **NODE))
         short = train(*args)
         errors = [line for line in short.stderr.splitlines() if line.startswith("error:")]
-        assert short.returncode == 2 and errors == ["error: the layout needs 8 GPUs but the Ray cluster has 7 (3 node(s)); lower learner.num_learners / rollout.num_workers or the cluster.*_per_* resources, or add nodes"], short.stderr[-2000:]
+        assert short.returncode == 2 and errors == [
+            "error: the layout needs 8 GPUs but the Ray cluster has 7 (3 node(s)); lower learner.num_learners / rollout.num_workers or the cluster.*_per_* resources, or add nodes"
+        ], short.stderr[-2000:]
         assert "plan for" not in short.stdout
     finally:
         for node in nodes:
@@ -110,18 +152,36 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
 
 def write_qwen25_3b_config(folder: Path) -> Path:
     """Qwen2.5-3B's config.json (its published shape): --plan reads the config alone."""
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 2048, "intermediate_size": 11008,
-        "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936,
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
-        "hidden_act": "silu", "torch_dtype": "bfloat16",
-    }))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["Qwen2ForCausalLM"],
+                "model_type": "qwen2",
+                "hidden_size": 2048,
+                "intermediate_size": 11008,
+                "num_hidden_layers": 36,
+                "num_attention_heads": 16,
+                "num_key_value_heads": 2,
+                "vocab_size": 151936,
+                "max_position_embeddings": 32768,
+                "rms_norm_eps": 1e-6,
+                "rope_theta": 1000000.0,
+                "tie_word_embeddings": True,
+                "hidden_act": "silu",
+                "torch_dtype": "bfloat16",
+            }
+        )
+    )
     return folder
 
 
 def records(run) -> list[dict]:
     """metrics.jsonl of the run folder `run` (a Store: the run lives in a bucket)."""
-    return [json.loads(line) for line in run.read_bytes("metrics.jsonl").decode().splitlines() if line.strip()] if run.exists("metrics.jsonl") else []
+    return (
+        [json.loads(line) for line in run.read_bytes("metrics.jsonl").decode().splitlines() if line.strip()]
+        if run.exists("metrics.jsonl")
+        else []
+    )
 
 
 def scrape(cluster) -> dict[tuple[str, str], float]:
@@ -129,7 +189,11 @@ def scrape(cluster) -> dict[tuple[str, str], float]:
     found = {}
     for node in cluster.list_all_nodes():
         try:
-            text = urllib.request.urlopen(f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics", timeout=5).read().decode()
+            text = (
+                urllib.request.urlopen(f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics", timeout=5)
+                .read()
+                .decode()
+            )
         except OSError:
             continue
         for name, labels, value in re.findall(r"^(?:ray_)?(bridge_\w+)\{([^}]*)\} (\S+)$", text, re.M):
@@ -166,11 +230,17 @@ class Watcher(threading.Thread):
                     self.events["scraped"] = time.time()
             if grpo and "rollout_node_removed" not in self.events:
                 current = actor_nodes(self.cluster, "tiny")["rollout-0"][-1]
-                self.cluster.remove_node(next(n for n in self.rollout_nodes if n.node_id == current), allow_graceful=False)
+                self.cluster.remove_node(
+                    next(n for n in self.rollout_nodes if n.node_id == current), allow_graceful=False
+                )
                 self.events["rollout_node_removed"], self.removed_rollout_node = time.time(), current
             if any(r.get("rollout_restarts", 0) >= 1 for r in grpo) and "restarted_step" not in self.events:
                 self.events["restarted_step"] = min(r["time"] for r in grpo if r.get("rollout_restarts", 0) >= 1)
-            committed = [name for name in self.bucket.folders("checkpoints") if self.bucket.exists(f"checkpoints/{name}/state.json")]
+            committed = [
+                name
+                for name in self.bucket.folders("checkpoints")
+                if self.bucket.exists(f"checkpoints/{name}/state.json")
+            ]
             if "learner_node_removed" not in self.events and any(name.endswith("grpo-step2") for name in committed):
                 self.cluster.remove_node(self.learner_node, allow_graceful=False)
                 self.events["learner_node_removed"] = time.time()
@@ -203,20 +273,32 @@ def engine_matches_checkpoint(run_dir: Path, checkpoint: Path, label: str) -> in
 
     cfg = load_config(JobConfig, run_dir / "config.yaml")
     samples = [json.loads(line) for line in (run_dir / "eval" / f"{label}.jsonl").read_text().splitlines()]
-    problems = load_problems(cfg.data.eval, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_eval).problems[: len(samples)]
-    prompter = Prompter(AutoTokenizer.from_pretrained(checkpoint), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template)
+    problems = load_problems(cfg.data.eval, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_eval).problems[
+        : len(samples)
+    ]
+    prompter = Prompter(
+        AutoTokenizer.from_pretrained(checkpoint), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template
+    )
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     for problem, sample in zip(problems, samples):
         assert sample["question"] == problem.question
         ids = torch.tensor([prompter.prompt_ids(build_eval_task(problem))])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg.rollout.eval_max_new_tokens, do_sample=False, pad_token_id=prompter.pad_id)
-        generated = out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=cfg.rollout.eval_max_new_tokens,
+            do_sample=False,
+            pad_token_id=prompter.pad_id,
+        )
+        generated = out[0, ids.shape[1] :].tolist()
         if prompter.decode(generated) == sample["completion"]:
             continue
         # Where the two differ, the two best logits must tie (within 1e-2: vLLM's CPU kernels and
         # transformers' drift ~1e-3 apart over a long fp32 prompt and may break a tie either way);
         # an engine on other weights differs by far more, from the first token on.
-        k = next(k for k in range(len(generated)) if not sample["completion"].startswith(prompter.decode(generated[: k + 1])))
+        k = next(
+            k for k in range(len(generated)) if not sample["completion"].startswith(prompter.decode(generated[: k + 1]))
+        )
         with torch.no_grad():
             logits = model(torch.tensor([ids[0].tolist() + generated[:k]])).logits[0, -1]
         top = torch.topk(logits, 2).values
@@ -239,12 +321,25 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
     scratch = tmp_path / "scratch"
     storage = StorageConfig(endpoint=s3_endpoint, scratch_dir=str(scratch))
     args = [
-        "--config", "launch/configs/tiny.yaml", f"model.path={tiny_model_dir}", "run.output_dir=s3://bridge/cluster",
-        f"storage.endpoint={s3_endpoint}", f"storage.scratch_dir={scratch}",
-        f"cluster.address={cluster.address}", *LABELS, "stages.grpo_steps=4", "stages.save_every=2",
+        "--config",
+        "launch/configs/tiny.yaml",
+        f"model.path={tiny_model_dir}",
+        "run.output_dir=s3://bridge/cluster",
+        f"storage.endpoint={s3_endpoint}",
+        f"storage.scratch_dir={scratch}",
+        f"cluster.address={cluster.address}",
+        *LABELS,
+        "stages.grpo_steps=4",
+        "stages.save_every=2",
     ]
     run = Store.open("s3://bridge/cluster/tiny", storage)
-    job = subprocess.Popen([sys.executable, "-m", "launch.train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "launch.train", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     watcher = Watcher(cluster, run, learner, rollout)
     watcher.start()
     try:
@@ -258,9 +353,17 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
     # The learners' node died: one error with the actor, its node and the way back.
     assert job.returncode == 1, stdout[-2000:] + stderr[-3000:]
     assert "error: learner-" in stderr, stderr[-5000:]
-    error = stderr[stderr.index("error: learner-"):]
-    assert re.search(r"learner-\d: the actor died during .*; it ran on node \S+/" + learner.node_id[:8] + r" \[pool=train\] \(dead\)", error), error
-    assert "its last checkpoint is 000004-grpo-step2. Continue it with: python -m launch.train --resume s3://bridge/cluster/tiny" in error
+    error = stderr[stderr.index("error: learner-") :]
+    assert re.search(
+        r"learner-\d: the actor died during .*; it ran on node \S+/"
+        + learner.node_id[:8]
+        + r" \[pool=train\] \(dead\)",
+        error,
+    ), error
+    assert (
+        "its last checkpoint is 000004-grpo-step2. Continue it with: python -m launch.train --resume s3://bridge/cluster/tiny"
+        in error
+    )
 
     # The rollout worker's node died in stage 2: the step completed on the spare node.
     grpo = [r for r in records(run) if r["stage"] == "grpo"]
@@ -277,7 +380,9 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
 
     # Every curve of the shipped Grafana dashboard is a gauge the nodes serve (the mining ones come later).
     dashboard = json.loads((ROOT / "launch" / "grafana" / "bridge-distill.json").read_text())
-    curves = {re.search(r"ray_(bridge_\w+)", t["expr"]).group(1) for panel in dashboard["panels"] for t in panel["targets"]}
+    curves = {
+        re.search(r"ray_(bridge_\w+)", t["expr"]).group(1) for panel in dashboard["panels"] for t in panel["targets"]
+    }
     assert curves - {"bridge_persistent_failures", "bridge_failure_rate"} <= {name for name, _ in watcher.scraped}
 
     # Repaired: a new learner node, and no node keeps anything on disk; --resume auto finishes
@@ -292,7 +397,9 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
     assert checkpoints[-1] == "000007-stage3-rewrite", checkpoints
 
     # Ray's state API: every learner ran on pool=train nodes, the rollout worker on pool=rollout ones.
-    labels = {n.node_id: lbl for n, lbl in [(learner, "train"), (learner_again, "train"), *((r, "rollout") for r in rollout)]}
+    labels = {
+        n.node_id: lbl for n, lbl in [(learner, "train"), (learner_again, "train"), *((r, "rollout") for r in rollout)]
+    }
     placed = actor_nodes(cluster, "tiny")
     assert {name for name in placed} >= {"learner-0", "learner-1", "rollout-0"}, placed
     for name, node_ids in placed.items():
@@ -303,5 +410,7 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
     # The weights crossed object stores (learner node -> rollout node): the engine's greedy
     # evaluation after stage 3 is what transformers decodes from the final checkpoint.
     run.download(tmp_path / "run", wanted=lambda name: not name.startswith("checkpoints/"))
-    final = local_copy(run.uri_of(f"checkpoints/{checkpoints[-1]}"), storage, lambda name: not name.startswith("deepspeed/"))
+    final = local_copy(
+        run.uri_of(f"checkpoints/{checkpoints[-1]}"), storage, lambda name: not name.startswith("deepspeed/")
+    )
     assert engine_matches_checkpoint(tmp_path / "run", Path(final), "after-stage3") == 4

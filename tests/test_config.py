@@ -21,7 +21,9 @@ def test_every_field_has_help():
 def test_yaml_and_overrides_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"grpo": {"group_size": 4}, "run": {"seed": 3}}))
-    cfg = load_config(JobConfig, path, ["grpo.clip_low=1e-1", "grpo.scale_advantages_by_std=false", "data.train=foo.jsonl"])
+    cfg = load_config(
+        JobConfig, path, ["grpo.clip_low=1e-1", "grpo.scale_advantages_by_std=false", "data.train=foo.jsonl"]
+    )
     assert cfg.grpo.group_size == 4 and cfg.run.seed == 3
     assert cfg.grpo.clip_low == pytest.approx(0.1)
     assert cfg.grpo.scale_advantages_by_std is False
@@ -103,6 +105,16 @@ def test_no_package_imports_the_layers_above_it():
     for package in ("cluster", "curriculum", "learner", "rollout"):
         for path in sorted((ROOT / package).glob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-                offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.split(".")[0] in ("launch", "benchmarks")]
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                offenders += [
+                    f"{path.relative_to(ROOT)}: {name}"
+                    for name in names
+                    if name.split(".")[0] in ("launch", "benchmarks")
+                ]
     assert not offenders

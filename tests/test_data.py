@@ -22,7 +22,10 @@ def test_embedded_gsm8k_parses_completely():
 
 
 def test_annotations_and_answers():
-    assert strip_annotations("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.") == ("Weng earns 12/60 = $0.2 per minute.", ("12/60=0.2",))
+    assert strip_annotations("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.") == (
+        "Weng earns 12/60 = $0.2 per minute.",
+        ("12/60=0.2",),
+    )
     steps, calcs, answer = parse_gsm8k_solution("a <<1+1=2>>2\n\nb\n#### 1,000")
     assert steps == ("a 2", "b") and calcs == (("1+1=2",), ()) and answer == "1000"
     assert normalize_answer("$1,234.50") == "1234.5"
@@ -38,10 +41,13 @@ def _write(path, rows):
 
 def test_local_jsonl_teacher_and_limit(tmp_path):
     path = tmp_path / "teacher.jsonl"
-    _write(path, [
-        {"question": "q1", "rationale": "Step 1: 2+2 = 4\nStep 2: 4*2 = 8\nAnswer: 8", "answer": "8"},
-        {"question": "q2", "rationale": "1. first\n2. second", "answer": "$5"},
-    ])
+    _write(
+        path,
+        [
+            {"question": "q1", "rationale": "Step 1: 2+2 = 4\nStep 2: 4*2 = 8\nAnswer: 8", "answer": "8"},
+            {"question": "q2", "rationale": "1. first\n2. second", "answer": "$5"},
+        ],
+    )
     report = load_problems(str(path))
     assert [p.steps for p in report.problems] == [("2+2 = 4", "4*2 = 8"), ("first", "second")]
     assert report.problems[1].answer == "5"

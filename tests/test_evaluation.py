@@ -55,10 +55,25 @@ def test_evaluate_command_on_tiny_model(tiny_model_dir, tmp_path, s3_endpoint):
 
     Store.open("s3://bridge/models/tiny", StorageConfig(endpoint=s3_endpoint)).upload(Path(tiny_model_dir))
     data = tmp_path / "five.jsonl"
-    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"} for i in range(5)]
+    rows = [
+        {"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
+        for i in range(5)
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "eval"
-    command = [sys.executable, "-m", "launch.evaluate", "--model", "s3://bridge/models/tiny", "--data", str(data), "--out", str(out), "--max-new-tokens", "16"]
+    command = [
+        sys.executable,
+        "-m",
+        "launch.evaluate",
+        "--model",
+        "s3://bridge/models/tiny",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "16",
+    ]
     env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,7 +81,13 @@ def test_evaluate_command_on_tiny_model(tiny_model_dir, tmp_path, s3_endpoint):
     assert summary["n"] == 5 and 0.0 <= summary["accuracy"] <= 1.0 and summary["mean_tokens"] > 0
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["gold"] for s in samples] == ["0", "2", "4", "6", "8"]
-    bad = subprocess.run([sys.executable, "-m", "launch.evaluate", "--model", str(tmp_path / "nope"), "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "launch.evaluate", "--model", str(tmp_path / "nope"), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "model not found" in bad.stderr
 
 

@@ -38,7 +38,11 @@ def _pid(actor) -> int:
 
 
 def test_learner_rank_that_never_joins_times_out(ray_session, tiny_model_dir):
-    actor = ray.remote(LearnerWorker).options(num_cpus=0.5).remote(0, 2, tiny_model_dir, LearnerConfig(init_timeout_s=3), GRPOConfig())
+    actor = (
+        ray.remote(LearnerWorker)
+        .options(num_cpus=0.5)
+        .remote(0, 2, tiny_model_dir, LearnerConfig(init_timeout_s=3), GRPOConfig())
+    )
     host, port = ray.get(actor.address.remote())
     try:
         start = time.monotonic()
@@ -51,7 +55,15 @@ def test_learner_rank_that_never_joins_times_out(ray_session, tiny_model_dir):
 
 def test_dead_learner_is_named(ray_session, tiny_model_dir):
     placement = place(2, 0, CLUSTER)
-    group = LearnerGroup(placement, "deadlearner", tiny_model_dir, LearnerConfig(num_learners=2, precision="fp32"), GRPOConfig(), CLUSTER, pad_id=0)
+    group = LearnerGroup(
+        placement,
+        "deadlearner",
+        tiny_model_dir,
+        LearnerConfig(num_learners=2, precision="fp32"),
+        GRPOConfig(),
+        CLUSTER,
+        pad_id=0,
+    )
     try:
         ray.kill(group.actors[1], no_restart=True)
         with pytest.raises(RemoteCallError, match="learner-1: the actor died during sft_step"):
@@ -90,7 +102,15 @@ def trained_pair(ray_session, tiny_model_dir):
     """One learner moved away from the starting weights, one rollout worker synced to version 1."""
     prompt = [504, 2116, 28, 216, 34, 1232, 216, 35, 1232, 47]
     placement = place(1, 1, CLUSTER)
-    learners = LearnerGroup(placement, "faults", tiny_model_dir, LearnerConfig(precision="fp32", sft_lr=1e-2), GRPOConfig(), CLUSTER, pad_id=0)
+    learners = LearnerGroup(
+        placement,
+        "faults",
+        tiny_model_dir,
+        LearnerConfig(precision="fp32", sft_lr=1e-2),
+        GRPOConfig(),
+        CLUSTER,
+        pad_id=0,
+    )
     rollout = RolloutGroup(placement, "faults", tiny_model_dir, ROLLOUT, CLUSTER, seed=0)
     try:
         initial, _ = _greedy(rollout, prompt)
@@ -141,7 +161,9 @@ def test_a_worker_that_loads_other_weights_is_named(trained_pair):
         import rollout.engine as engine
 
         engine.intact_unpack = engine.unpack
-        engine.unpack = lambda packed: [(n, torch.zeros_like(t) if i == 2 else t) for i, (n, t) in enumerate(engine.intact_unpack(packed))]
+        engine.unpack = lambda packed: [
+            (n, torch.zeros_like(t) if i == 2 else t) for i, (n, t) in enumerate(engine.intact_unpack(packed))
+        ]
 
     def mend(worker):
         import rollout.engine as engine
@@ -150,7 +172,10 @@ def test_a_worker_that_loads_other_weights_is_named(trained_pair):
 
     ray.get(rollout.workers[0].__ray_call__.remote(zero_third_tensor))
     try:
-        with pytest.raises(SyncCheckFailed, match=r"weight version 2 did not reach rollout-0 intact: \S+ differs from what learner-0 sent \(digest"):
+        with pytest.raises(
+            SyncCheckFailed,
+            match=r"weight version 2 did not reach rollout-0 intact: \S+ differs from what learner-0 sent \(digest",
+        ):
             WeightSync(learners, rollout).sync(version=2)
     finally:
         ray.get(rollout.workers[0].__ray_call__.remote(mend))
@@ -165,7 +190,10 @@ def test_weight_sync_whose_peer_never_answers_times_out(trained_pair):
     rollout.cluster = impatient
     try:
         start = time.monotonic()
-        with pytest.raises(RemoteCallError, match=r"timed out after 1 s waiting for rollout workers to load weight version 2 \(still waiting on rollout-0\)"):
+        with pytest.raises(
+            RemoteCallError,
+            match=r"timed out after 1 s waiting for rollout workers to load weight version 2 \(still waiting on rollout-0\)",
+        ):
             WeightSync(learners, rollout).sync(version=2)
         assert time.monotonic() - start < 30
     finally:

@@ -19,7 +19,11 @@ from curriculum.data import DataError, load_problems
 from launch.job_config import JobConfig
 
 EXAMPLES = int(os.environ.get("BRIDGE_FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 GOOD_ROW = {"question": "Natalia sold 48 clips. How many?", "answer": "She sold 48/2 = <<48/2=24>>24 in May.\n#### 24"}
 TEACHER_ROW = {"question": "What is 2 + 2?", "rationale": "Step 1: 2 + 2 = 4", "answer": "4"}
@@ -31,7 +35,12 @@ json_values = st.recursive(
 )
 # Rows that look like rows: the expected keys, with values of any JSON kind (or text).
 row_like = st.fixed_dictionaries(
-    {}, optional={"question": json_values | st.text(), "answer": json_values | st.text(), "rationale": json_values | st.text()}
+    {},
+    optional={
+        "question": json_values | st.text(),
+        "answer": json_values | st.text(),
+        "rationale": json_values | st.text(),
+    },
 )
 
 
@@ -54,12 +63,20 @@ def test_data_file_of_arbitrary_bytes(tmp_path, data, suffix):
 
 
 @FUZZ
-@given(lines=st.lists(st.one_of(
-    st.builds(json.dumps, row_like),
-    st.builds(json.dumps, json_values),
-    st.text(max_size=80),
-    st.text(max_size=40).map(lambda t: t.encode("utf-16", "surrogatepass").decode("latin-1")),  # another encoding's bytes, read as text
-), max_size=8), encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]))
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.builds(json.dumps, row_like),
+            st.builds(json.dumps, json_values),
+            st.text(max_size=80),
+            st.text(max_size=40).map(
+                lambda t: t.encode("utf-16", "surrogatepass").decode("latin-1")
+            ),  # another encoding's bytes, read as text
+        ),
+        max_size=8,
+    ),
+    encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]),
+)
 def test_data_file_of_generated_rows(tmp_path, lines, encoding):
     path = tmp_path / "rows.jsonl"
     path.write_bytes("\n".join(lines).encode(encoding, "replace"))
@@ -139,9 +156,30 @@ def test_config_file_of_arbitrary_bytes(tmp_path, data):
 
 
 @FUZZ
-@given(tree=st.dictionaries(st.sampled_from(["run", "grpo", "learner", "stages", "cluster", "data", "nope"]), json_values | st.dictionaries(
-    st.sampled_from(["seed", "group_size", "clip_low", "zero_stage", "sft_steps", "bucket_mb", "train", "weight_transport", "x"]), json_values, max_size=3,
-), max_size=4))
+@given(
+    tree=st.dictionaries(
+        st.sampled_from(["run", "grpo", "learner", "stages", "cluster", "data", "nope"]),
+        json_values
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "seed",
+                    "group_size",
+                    "clip_low",
+                    "zero_stage",
+                    "sft_steps",
+                    "bucket_mb",
+                    "train",
+                    "weight_transport",
+                    "x",
+                ]
+            ),
+            json_values,
+            max_size=3,
+        ),
+        max_size=4,
+    )
+)
 def test_config_trees_of_any_shape(tmp_path, tree):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tree))
@@ -165,10 +203,15 @@ def test_hostile_configs_say_what_is_wrong(tmp_path):
     (tmp_path / "folder.yaml").mkdir()
     with pytest.raises(ConfigError, match="folder.yaml is a directory"):
         load_config(JobConfig, tmp_path / "folder.yaml")
-    with pytest.raises(ConfigError, match=r"override 'grpo.group_size=\[4':1:3: not valid YAML \(expected ',' or '\]', but got '<stream end>'\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"override 'grpo.group_size=\[4':1:3: not valid YAML \(expected ',' or '\]', but got '<stream end>'\)",
+    ):
         load_config(JobConfig, None, ["grpo.group_size=[4"])
     (tmp_path / "bad.yaml").write_text("grpo:\n  group_size: [4\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml:3:1: not valid YAML \(expected ',' or '\]', but got '<stream end>'\)$"):
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml:3:1: not valid YAML \(expected ',' or '\]', but got '<stream end>'\)$"
+    ):
         load_config(JobConfig, tmp_path / "bad.yaml")
 
 
@@ -181,7 +224,9 @@ def _progress_line(origin: str) -> bytes:
 
 
 def _row_line(origin: str) -> bytes:
-    return (json.dumps({"origin": origin, "question": "q", "rationale": "Step 1: 1 + 1 = 2", "answer": "2"}) + "\n").encode()
+    return (
+        json.dumps({"origin": origin, "question": "q", "rationale": "Step 1: 1 + 1 = 2", "answer": "2"}) + "\n"
+    ).encode()
 
 
 @FUZZ
@@ -215,10 +260,16 @@ def test_teacher_files_after_a_crash_and_when_foreign(tmp_path):
     assert out.read_bytes() == _row_line("a:1")
     # A line in the middle that this job did not write: refused, naming it.
     progress.write_bytes(_progress_line("a:1") + "café\n".encode("latin-1") + _progress_line("a:2"))
-    with pytest.raises(DataError, match=r"t.jsonl.progress.jsonl:2: not a line the teacher job wrote \('utf-8' codec can't decode byte 0xe9"):
+    with pytest.raises(
+        DataError,
+        match=r"t.jsonl.progress.jsonl:2: not a line the teacher job wrote \('utf-8' codec can't decode byte 0xe9",
+    ):
         TeacherFiles(str(out)).finished()
     progress.write_bytes(_progress_line("a:1") + b'{"origin": 3}\n' + _progress_line("a:2"))
-    with pytest.raises(DataError, match=r"progress.jsonl:2: not a line the teacher job wrote \(not a record with 'origin' and 'reasons'\)"):
+    with pytest.raises(
+        DataError,
+        match=r"progress.jsonl:2: not a line the teacher job wrote \(not a record with 'origin' and 'reasons'\)",
+    ):
         TeacherFiles(str(out)).finished()
 
 

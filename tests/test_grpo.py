@@ -77,7 +77,9 @@ def test_off_policy_tokens_are_weighted_by_their_behaviour_weight():
     weighted, stats = grpo_loss(log_probs, old, adv, mask, cfg, behaviour_log_probs=behaviour)
     assert weighted.item() == pytest.approx(2 * plain.item())
     assert stats["behaviour_weight"] == pytest.approx(2.0)
-    capped, _ = grpo_loss(log_probs, old, adv, mask, GRPOConfig(behaviour_weight_cap=1.5), behaviour_log_probs=behaviour)
+    capped, _ = grpo_loss(
+        log_probs, old, adv, mask, GRPOConfig(behaviour_weight_cap=1.5), behaviour_log_probs=behaviour
+    )
     assert capped.item() == pytest.approx(1.5 * plain.item())
 
 
@@ -113,7 +115,12 @@ def test_zero_advantage_means_no_policy_gradient():
 def test_shared_denominator_for_micro_batches():
     log_probs, old, adv, mask = _toy_batch()
     full, _ = grpo_loss(log_probs, old, adv, mask, GRPOConfig())
-    halves = [grpo_loss(log_probs[i : i + 2], old[i : i + 2], adv[i : i + 2], mask[i : i + 2], GRPOConfig(), num_tokens=7.0)[0] for i in (0, 2)]
+    halves = [
+        grpo_loss(log_probs[i : i + 2], old[i : i + 2], adv[i : i + 2], mask[i : i + 2], GRPOConfig(), num_tokens=7.0)[
+            0
+        ]
+        for i in (0, 2)
+    ]
     assert (halves[0] + halves[1]).item() == pytest.approx(full.item(), abs=1e-6)
 
 

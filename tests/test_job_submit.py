@@ -27,7 +27,6 @@ VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 RUNTIME_ENV = '{"working_dir": ".", "excludes": [".venv", "runs", ".bench", ".git"]}'
 
 
-
 @pytest.fixture(scope="module")
 def head():
     """`source .venv/bin/activate; ray start --head ...` with token auth, in a process group we own."""
@@ -36,19 +35,38 @@ def head():
     token = secrets.token_hex(16)
     temp = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {
-        **os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "VIRTUAL_ENV": str(VENV_BIN.parent),
-        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+        **os.environ,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(VENV_BIN.parent),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
     }
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
     ports = {
-        "--port": free_port(), "--dashboard-port": dashboard, "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(), "--metrics-export-port": free_port(),
-        "--runtime-env-agent-port": free_port(), "--ray-client-server-port": free_port(),
+        "--port": free_port(),
+        "--dashboard-port": dashboard,
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--ray-client-server-port": free_port(),
     }
-    command = ["ray", "start", "--head", "--block", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-               f"--temp-dir={temp}", "--num-cpus=4", "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    command = [
+        "ray",
+        "start",
+        "--head",
+        "--block",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        f"--temp-dir={temp}",
+        "--num-cpus=4",
+        "--disable-usage-stats",
+        *(f"{k}={v}" for k, v in ports.items()),
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 120
@@ -79,8 +97,21 @@ def ray_cli(head, *args, timeout=900) -> subprocess.CompletedProcess:
 def submit(head, job_id: str, *train_args: str, wait: bool = True) -> subprocess.CompletedProcess:
     """The README's `ray job submit` line, with a known submission id."""
     return ray_cli(
-        head, "job", "submit", "--address", head["address"], "--submission-id", job_id, *([] if wait else ["--no-wait"]),
-        "--runtime-env-json", RUNTIME_ENV, "--", "python", "-m", "launch.train", *train_args,
+        head,
+        "job",
+        "submit",
+        "--address",
+        head["address"],
+        "--submission-id",
+        job_id,
+        *([] if wait else ["--no-wait"]),
+        "--runtime-env-json",
+        RUNTIME_ENV,
+        "--",
+        "python",
+        "-m",
+        "launch.train",
+        *train_args,
     )
 
 
@@ -95,7 +126,9 @@ def working_dir_mib(scratch: Path) -> float:
 
 def status(head, job_id: str) -> str:
     """The job's status from the job REST API that `ray job status` reads (the CLI prints it as prose)."""
-    request = urllib.request.Request(f"{head['address']}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {head['token']}"})
+    request = urllib.request.Request(
+        f"{head['address']}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {head['token']}"}
+    )
     return json.loads(urllib.request.urlopen(request, timeout=30).read())["status"]
 
 
@@ -104,8 +137,14 @@ def test_submit_stop_and_resume_a_job(head, tiny_model_dir, tmp_path):
 
     # Without the token the job API refuses.
     unauthenticated = {k: v for k, v in head["env"].items() if k != "RAY_AUTH_TOKEN"}
-    refused = subprocess.run(["ray", "job", "list", "--address", head["address"]], cwd=ROOT, env={**unauthenticated, "HOME": str(tmp_path)},
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        ["ray", "job", "list", "--address", head["address"]],
+        cwd=ROOT,
+        env={**unauthenticated, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode != 0
 
     # 1. The tiny job, followed to the end as `ray job submit` does by default.
@@ -114,7 +153,9 @@ def test_submit_stop_and_resume_a_job(head, tiny_model_dir, tmp_path):
     first_s = time.perf_counter() - start
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     uploaded = working_dir_mib(tmp_path)
-    unpacked = [p for p in (head["temp"] / "session_latest" / "runtime_resources" / "working_dir_files").iterdir() if p.is_dir()]
+    unpacked = [
+        p for p in (head["temp"] / "session_latest" / "runtime_resources" / "working_dir_files").iterdir() if p.is_dir()
+    ]
     assert len(unpacked) == 1 and (unpacked[0] / "launch" / "train.py").is_file()
     assert not any((unpacked[0] / name).exists() for name in (".venv", "runs", ".bench", ".git"))
     print(f"job 1: {first_s:.0f} s; working_dir uploaded: {uploaded:.2f} MiB")

@@ -32,7 +32,15 @@ def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -75,12 +83,15 @@ def test_adapter_size_for_the_plan_is_what_peft_trains(targets, tiny_model_dir):
 def test_merged_weight_is_computed_in_fp32_and_cast_once(rank, scale, rows, cols):
     generator = torch.Generator().manual_seed(rank * 100 + rows * 10 + cols)
     base = torch.randn(rows, cols, generator=generator).to(torch.bfloat16)
-    a, b = (torch.randn(rank, cols, generator=generator).to(torch.bfloat16), torch.randn(rows, rank, generator=generator).to(torch.bfloat16))
+    a, b = (
+        torch.randn(rank, cols, generator=generator).to(torch.bfloat16),
+        torch.randn(rows, rank, generator=generator).to(torch.bfloat16),
+    )
     merged = lora.merged_weight(base, a, b, scale)
     expected = (base.double() + scale * (b.double() @ a.double())).to(torch.bfloat16)
     assert merged.dtype == torch.bfloat16
     # One rounding to bf16 of an fp32 result: within one bf16 step of the exact value's rounding.
-    assert torch.allclose(merged.float(), expected.float(), rtol=2 ** -7, atol=1e-6)
+    assert torch.allclose(merged.float(), expected.float(), rtol=2**-7, atol=1e-6)
     assert torch.equal(lora.merged_weight(base, a, torch.zeros_like(b), scale), base)  # B = 0: the base, bit for bit
 
 
@@ -89,12 +100,15 @@ def test_export_plan_without_an_adapter_is_the_identity():
     assert lora.export_plan(names) == {name: [name] for name in names}
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("learner.lora.rank=0", "learner.lora.rank must be at least 1"),
-    ("learner.lora.target_modules=[]", "target_modules is empty"),
-    ("learner.lora.sync=adapter", "sync: adapter needs learner.lora.stages: all"),
-    ("learner.frozen_layers=2", "learner.lora and learner.frozen_layers cannot be combined"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("learner.lora.rank=0", "learner.lora.rank must be at least 1"),
+        ("learner.lora.target_modules=[]", "target_modules is empty"),
+        ("learner.lora.sync=adapter", "sync: adapter needs learner.lora.stages: all"),
+        ("learner.frozen_layers=2", "learner.lora and learner.frozen_layers cannot be combined"),
+    ],
+)
 def test_bad_lora_settings_are_refused_by_the_config(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(JobConfig, "launch/configs/tiny.yaml", ["learner.lora.stages=sft", override])
@@ -122,10 +136,18 @@ def _sequences():
 def _lora_learners(size, zero_stage, tiny_model_dir, name, kl_coef=0.1, **lora_args):
     placement = place(size, 0, CLUSTER)
     cfg = LearnerConfig(
-        num_learners=size, zero_stage=zero_stage, precision="fp32", micro_batch_size=2, sft_lr=1e-2, grpo_lr=1e-2,
-        gradient_checkpointing=True, lora=LoraConfig(stages="all", sync="adapter", rank=4, alpha=8.0, dropout=0.0, **lora_args),
+        num_learners=size,
+        zero_stage=zero_stage,
+        precision="fp32",
+        micro_batch_size=2,
+        sft_lr=1e-2,
+        grpo_lr=1e-2,
+        gradient_checkpointing=True,
+        lora=LoraConfig(stages="all", sync="adapter", rank=4, alpha=8.0, dropout=0.0, **lora_args),
     )
-    return placement, LearnerGroup(placement, name, tiny_model_dir, cfg, GRPOConfig(kl_coef=kl_coef), CLUSTER, pad_id=0, adapter=True)
+    return placement, LearnerGroup(
+        placement, name, tiny_model_dir, cfg, GRPOConfig(kl_coef=kl_coef), CLUSTER, pad_id=0, adapter=True
+    )
 
 
 def _adapter(group) -> dict[str, torch.Tensor]:
@@ -168,7 +190,9 @@ def test_two_lora_learners_match_one_and_zero3_saves_the_live_adapter(ray_sessio
     assert len(lora_b) == 2 * 4 and all(adapter_one[k].abs().max() > 0 for k in lora_b)
 
     saved = load_file(tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors")
-    assert set(saved) == set(adapter_three) and all(saved[k].numel() > 0 and torch.equal(saved[k], adapter_three[k]) for k in saved)
+    assert set(saved) == set(adapter_three) and all(
+        saved[k].numel() > 0 and torch.equal(saved[k], adapter_three[k]) for k in saved
+    )
     config = json.loads((tmp_path / "ckpt" / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8.0
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
@@ -197,7 +221,9 @@ def _base_digest(group) -> str:
     return ray.get(group.actors[0].__ray_call__.remote(digest))
 
 
-def test_merged_and_adapter_syncs_serve_the_trained_policy_and_leave_the_base_untouched(ray_session, tiny_model_dir, tmp_path):
+def test_merged_and_adapter_syncs_serve_the_trained_policy_and_leave_the_base_untouched(
+    ray_session, tiny_model_dir, tmp_path
+):
     """A bf16 learner trains an adapter on every linear layer. After 25 merged syncs by the
     collective broadcast and 25 by the object store (equal weights either way), its base is
     bit-identical to the start, and the engine generates what transformers generates from the
@@ -210,13 +236,21 @@ def test_merged_and_adapter_syncs_serve_the_trained_policy_and_leave_the_base_un
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt = tokenizer("Problem: 2 + 3 = ?", add_special_tokens=False)["input_ids"]
     target = tokenizer(" Step 1: 2 + 3 = 5\nAnswer: 5", add_special_tokens=False)["input_ids"]
-    collective = ClusterConfig(cpus_per_learner=1, cpus_per_rollout=1, weight_transport="collective", bucket_mb=1, sync_timeout_s=60)
+    collective = ClusterConfig(
+        cpus_per_learner=1, cpus_per_rollout=1, weight_transport="collective", bucket_mb=1, sync_timeout_s=60
+    )
     placement, second = place(1, 1, collective), place(0, 1, CLUSTER)
-    cfg = LearnerConfig(precision="bf16", sft_lr=3e-2, lora=LoraConfig(stages="all", rank=8, alpha=16.0, target_modules=["all-linear"]))
-    learners = LearnerGroup(placement, "lora-sync", tiny_model_dir, cfg, GRPOConfig(), collective, pad_id=0, adapter=True)
+    cfg = LearnerConfig(
+        precision="bf16", sft_lr=3e-2, lora=LoraConfig(stages="all", rank=8, alpha=16.0, target_modules=["all-linear"])
+    )
+    learners = LearnerGroup(
+        placement, "lora-sync", tiny_model_dir, cfg, GRPOConfig(), collective, pad_id=0, adapter=True
+    )
     rollout_cfg = RolloutConfig(num_workers=1, dtype="float32", max_model_len=1024)
     merged_engine = RolloutGroup(placement, "lora-merged", tiny_model_dir, rollout_cfg, collective, seed=0)
-    adapter_engine = RolloutGroup(second, "lora-adapter", tiny_model_dir, rollout_cfg, CLUSTER, seed=0, max_lora_rank=cfg.lora.vllm_max_rank())
+    adapter_engine = RolloutGroup(
+        second, "lora-adapter", tiny_model_dir, rollout_cfg, CLUSTER, seed=0, max_lora_rank=cfg.lora.vllm_max_rank()
+    )
     try:
         start = _base_digest(learners)
         before, _ = _greedy(merged_engine, prompt)
@@ -257,8 +291,17 @@ def test_zero3_stage1_adapter_is_merged_then_the_full_weights_train(ray_session,
     adapter trains holds one."""
     sft, grpo = _sequences()
     placement = place(2, 0, CLUSTER)
-    cfg = LearnerConfig(num_learners=2, zero_stage=3, precision="fp32", sft_lr=1e-2, grpo_lr=1e-3, lora=LoraConfig(stages="sft", rank=4, alpha=8.0))
-    group = LearnerGroup(placement, "lora-merge", tiny_model_dir, cfg, GRPOConfig(kl_coef=0.1), CLUSTER, pad_id=0, adapter=True)
+    cfg = LearnerConfig(
+        num_learners=2,
+        zero_stage=3,
+        precision="fp32",
+        sft_lr=1e-2,
+        grpo_lr=1e-3,
+        lora=LoraConfig(stages="sft", rank=4, alpha=8.0),
+    )
+    group = LearnerGroup(
+        placement, "lora-merge", tiny_model_dir, cfg, GRPOConfig(kl_coef=0.1), CLUSTER, pad_id=0, adapter=True
+    )
     try:
         group.sft_step(sft)
         group.sft_step(sft)
@@ -292,8 +335,16 @@ def test_the_stage2_rebuild_frees_the_old_engine_before_building_the_new(ray_ses
 
     from learner.worker import LearnerWorker
 
-    config = LlamaConfig(vocab_size=49152, hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
-                         num_key_value_heads=8, head_dim=64, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        head_dim=64,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
     weights_gib = sum(p.numel() for p in LlamaForCausalLM(config).parameters()) * 4 / 2**30

@@ -13,7 +13,11 @@ RAY_DROPS_AFTER_S = 36
 
 def served(ray) -> dict[tuple[str, str], float]:
     node = ray.nodes()[0]
-    text = urllib.request.urlopen(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10).read().decode()
+    text = (
+        urllib.request.urlopen(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
     found = {}
     for name, labels, value in re.findall(r"^ray_(bridge_\w+|probe_\w+)\{([^}]*)\} (\S+)$", text, re.M):
         if 'run="endpoint-test"' in labels or name.startswith("probe_"):

@@ -23,6 +23,6 @@ def test_pack_then_unpack_gives_back_every_tensor_bit_for_bit():
 def test_unpack_reads_a_read_only_buffer_in_place():
     packed = pack({"w": torch.ones(4, dtype=torch.bfloat16)})
     packed.buffer.flags.writeable = False  # as Ray hands it out from shared memory
-    (_, view), = unpack(packed)
+    ((_, view),) = unpack(packed)
     assert torch.equal(view, torch.ones(4, dtype=torch.bfloat16))
     assert np.shares_memory(view.view(torch.uint8).numpy(), packed.buffer)

@@ -5,12 +5,26 @@ from curriculum.report import figure, write_report
 
 def _records():
     evals = [
-        {"stage": "eval", "label": label, "step": step, "eval_n": 64, "eval_accuracy": acc, "eval_mean_tokens": tokens,
-         "eval_format_rate": 0.9, "eval_step_accuracy": 0.5}
-        for label, step, acc, tokens in (("before", 0, 0.015625, 228.2), ("after-stage1", 75, 0.03125, 90.3), ("after-stage3", 80, 0.046875, 84.2))
+        {
+            "stage": "eval",
+            "label": label,
+            "step": step,
+            "eval_n": 64,
+            "eval_accuracy": acc,
+            "eval_mean_tokens": tokens,
+            "eval_format_rate": 0.9,
+            "eval_step_accuracy": 0.5,
+        }
+        for label, step, acc, tokens in (
+            ("before", 0, 0.015625, 228.2),
+            ("after-stage1", 75, 0.03125, 90.3),
+            ("after-stage3", 80, 0.046875, 84.2),
+        )
     ]
     sft = [{"stage": "sft", "step": s, "loss": 1.0 / s} for s in range(1, 4)]
-    grpo = [{"stage": "grpo", "step": s, "reward_mean": -1.5, "completion_tokens": 90.0, "accuracy": 0.03} for s in (4, 5)]
+    grpo = [
+        {"stage": "grpo", "step": s, "reward_mean": -1.5, "completion_tokens": 90.0, "accuracy": 0.03} for s in (4, 5)
+    ]
     rewrite = [{"stage": "rewrite", "step": 6, "reward_mean": 0.2, "completion_tokens": 60.0, "accuracy": 0.69}]
     return evals + sft + grpo + rewrite
 
@@ -27,18 +41,26 @@ def test_stage_2_and_stage_3_rollouts_are_separate_series():
     records = _records()
     fig = figure(records, {r["label"]: r for r in records if r["stage"] == "eval"}, "run")
     curves, lengths, accuracy = fig.axes[2], fig.axes[3], fig.axes[4]
-    assert [line.get_label() for line in curves.get_lines()] == ["stage-1 SFT loss", "stage 2 GRPO reward mean", "stage 3 GRPO reward mean"]
+    assert [line.get_label() for line in curves.get_lines()] == [
+        "stage-1 SFT loss",
+        "stage 2 GRPO reward mean",
+        "stage 3 GRPO reward mean",
+    ]
     by_label = {line.get_label(): list(line.get_xdata()) for line in lengths.get_lines() + accuracy.get_lines()}
     assert by_label == {
-        "stage 2 completion tokens": [4, 5], "stage 3 completion tokens": [6],
-        "stage 2 rollout accuracy": [4, 5], "stage 3 rollout accuracy": [6],
+        "stage 2 completion tokens": [4, 5],
+        "stage 3 completion tokens": [6],
+        "stage 2 rollout accuracy": [4, 5],
+        "stage 3 rollout accuracy": [6],
     }
     assert fig.texts[0].get_text() == "run"
 
 
 def test_write_report_from_a_run_folder(tmp_path):
     # A line cut short by a kill, and one that is not text, are left out.
-    (tmp_path / "metrics.jsonl").write_bytes("".join(json.dumps(r) + "\n" for r in _records()).encode() + b"\xff{}\n" + b'{"time": 1, "st')
+    (tmp_path / "metrics.jsonl").write_bytes(
+        "".join(json.dumps(r) + "\n" for r in _records()).encode() + b"\xff{}\n" + b'{"time": 1, "st'
+    )
     report = write_report(tmp_path)
     assert report["steps"] == 6 and abs(report["token_ratio"] - 84.2 / 228.2) < 1e-9
     assert (tmp_path / "report.png").stat().st_size > 10_000

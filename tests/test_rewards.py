@@ -96,7 +96,19 @@ def test_stage2_bonus_cap_and_levels():
 
 @pytest.mark.parametrize(
     "ratio, expected",
-    [(2.5, -0.5), (2.0, -0.5), (1.5, -0.25), (1.0, 0.0), (0.9, 0.0), (0.8, 0.0), (0.65, 0.25), (0.5, 0.5), (0.35, 0.65), (0.2, 0.8), (0.0, 0.8)],
+    [
+        (2.5, -0.5),
+        (2.0, -0.5),
+        (1.5, -0.25),
+        (1.0, 0.0),
+        (0.9, 0.0),
+        (0.8, 0.0),
+        (0.65, 0.25),
+        (0.5, 0.5),
+        (0.35, 0.65),
+        (0.2, 0.8),
+        (0.0, 0.8),
+    ],
 )
 def test_stage3_length_bands(ratio, expected):
     assert bridge_stage3_length_term(ratio) == pytest.approx(expected)

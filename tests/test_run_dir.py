@@ -27,7 +27,9 @@ class _Cfg:
     seed: int = 0
 
 
-def _checkpoint(run: RunDir, step: int, label: str, stage_end: bool = False, keep_last: int = 2, keep_optimizer: int = 1):
+def _checkpoint(
+    run: RunDir, step: int, label: str, stage_end: bool = False, keep_last: int = 2, keep_optimizer: int = 1
+):
     """What the learner writes, in miniature: weights, model config, optimizer state."""
     state = RunState(stage=2, stage_step=step, global_step=step, stage_end=stage_end)
     folder = run.begin_checkpoint(state, label)
@@ -105,7 +107,10 @@ def test_damaged_checkpoint_is_never_chosen(tmp_path):
     (newest / "model.safetensors").write_bytes(whole[: len(whole) // 2])  # a copy cut short
     assert run.latest_checkpoint() == good  # --resume auto passes over it
     assert RunDir.find_latest(str(tmp_path), "r").latest_checkpoint() == good
-    with pytest.raises(CheckpointError, match=r"000004-grpo-step4 is damaged \(model.safetensors is damaged .*\); the newest complete one is .*000002-grpo-step2"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"000004-grpo-step4 is damaged \(model.safetensors is damaged .*\); the newest complete one is .*000002-grpo-step2",
+    ):
         run.resume_checkpoint()  # --resume RUN_DIR says which file and which checkpoint instead
     (good / "state.json").write_text('{"stage": 2, "glob')
     with pytest.raises(CheckpointError, match="no earlier checkpoint is complete"):
@@ -140,7 +145,9 @@ def test_checkpoint_files_of_arbitrary_bytes(tmp_path_factory, state, config, we
 
 def test_damaged_metrics_lines_are_set_aside(tmp_path):
     lines = [json.dumps({"time": t, "step": t, "stage": "grpo"}) for t in (1.0, 2.0, 3.0)]
-    (tmp_path / "metrics.jsonl").write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe{}\n" + lines[0][:17].encode())
+    (tmp_path / "metrics.jsonl").write_bytes(
+        ("\n".join(lines) + "\n").encode() + b"\xff\xfe{}\n" + lines[0][:17].encode()
+    )
     assert set_aside_after(tmp_path, since=2.5) == 3  # step 3, the undecodable line, the cut one
     kept = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert kept == [1.0, 2.0]

@@ -44,19 +44,40 @@ def _transformers_greedy(folder, prompt, tokens=16):
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False, pad_token_id=0
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 def test_weight_broadcast_is_real(ray_session, tiny_model_dir, tmp_path):
     prompt, target = _prompt_and_target(tiny_model_dir)
     placement = place(1, 1, CLUSTER)
-    learners = LearnerGroup(placement, "bcast", tiny_model_dir, LearnerConfig(precision="fp32", sft_lr=1e-2), GRPOConfig(), CLUSTER, pad_id=0)
-    rollout = RolloutGroup(placement, "bcast", tiny_model_dir, RolloutConfig(dtype="float32", max_model_len=1024), CLUSTER, seed=0)
+    learners = LearnerGroup(
+        placement,
+        "bcast",
+        tiny_model_dir,
+        LearnerConfig(precision="fp32", sft_lr=1e-2),
+        GRPOConfig(),
+        CLUSTER,
+        pad_id=0,
+    )
+    rollout = RolloutGroup(
+        placement, "bcast", tiny_model_dir, RolloutConfig(dtype="float32", max_model_len=1024), CLUSTER, seed=0
+    )
     try:
         # Actors given no GPU see none, whatever their node has (Ray 2.60 no longer hides them).
-        seen = [ray.get(actor.__ray_call__.remote(lambda self: (os.environ.get("CUDA_VISIBLE_DEVICES"), str(getattr(self, "device", None) or self.engine.device))))
-                for actor in (learners.actors[0], rollout.workers[0])]
+        seen = [
+            ray.get(
+                actor.__ray_call__.remote(
+                    lambda self: (
+                        os.environ.get("CUDA_VISIBLE_DEVICES"),
+                        str(getattr(self, "device", None) or self.engine.device),
+                    )
+                )
+            )
+            for actor in (learners.actors[0], rollout.workers[0])
+        ]
         assert seen == [("", "cpu"), ("", "cpu")]
         before, versions = _greedy(rollout, prompt)
         assert versions == {0}
@@ -80,7 +101,13 @@ def test_weight_broadcast_is_real(ray_session, tiny_model_dir, tmp_path):
 def _run_group(size, tiny_model_dir, sft, grpo, pad_to_multiple=1):
     placement = place(size, 0, CLUSTER)
     cfg = LearnerConfig(
-        num_learners=size, zero_stage=2, precision="fp32", micro_batch_size=2, sft_lr=1e-3, grpo_lr=1e-3, pad_to_multiple=pad_to_multiple
+        num_learners=size,
+        zero_stage=2,
+        precision="fp32",
+        micro_batch_size=2,
+        sft_lr=1e-3,
+        grpo_lr=1e-3,
+        pad_to_multiple=pad_to_multiple,
     )
     group = LearnerGroup(placement, f"zero{size}", tiny_model_dir, cfg, GRPOConfig(), CLUSTER, pad_id=0)
     try:
@@ -157,13 +184,21 @@ def test_frozen_layers_train_only_the_top(ray_session, tiny_model_dir):
         placement.remove()
     assert second["loss"] < first["loss"]
     moved = {name for name, tensor in weights.items() if not torch.equal(tensor, start[name])}
-    assert moved and all(name.startswith("model.layers.1.") or name in ("model.embed_tokens.weight", "model.norm.weight") for name in moved)
+    assert moved and all(
+        name.startswith("model.layers.1.") or name in ("model.embed_tokens.weight", "model.norm.weight")
+        for name in moved
+    )
     assert "model.embed_tokens.weight" in moved  # the tied head trains, through the output side
     assert not any(name.startswith("model.layers.0.") for name in moved)
 
 
 COLLECTIVE = ClusterConfig(
-    cpus_per_learner=0.5, cpus_per_rollout=1, weight_transport="collective", bucket_mb=1, sync_timeout_s=20, rollout_max_restarts=4
+    cpus_per_learner=0.5,
+    cpus_per_rollout=1,
+    weight_transport="collective",
+    bucket_mb=1,
+    sync_timeout_s=20,
+    rollout_max_restarts=4,
 )
 
 
@@ -179,8 +214,23 @@ def test_collective_sync_zero3_two_workers(ray_session, tiny_model_dir, tmp_path
     ends the sync within its deadline with an error naming it."""
     prompt, target = _prompt_and_target(tiny_model_dir)
     placement = place(2, 2, COLLECTIVE)
-    learners = LearnerGroup(placement, "collective", tiny_model_dir, LearnerConfig(num_learners=2, zero_stage=3, precision="fp32", sft_lr=1e-2), GRPOConfig(), COLLECTIVE, pad_id=0)
-    rollout = RolloutGroup(placement, "collective", tiny_model_dir, RolloutConfig(num_workers=2, dtype="float32", max_model_len=1024), COLLECTIVE, seed=0)
+    learners = LearnerGroup(
+        placement,
+        "collective",
+        tiny_model_dir,
+        LearnerConfig(num_learners=2, zero_stage=3, precision="fp32", sft_lr=1e-2),
+        GRPOConfig(),
+        COLLECTIVE,
+        pad_id=0,
+    )
+    rollout = RolloutGroup(
+        placement,
+        "collective",
+        tiny_model_dir,
+        RolloutConfig(num_workers=2, dtype="float32", max_model_len=1024),
+        COLLECTIVE,
+        seed=0,
+    )
     try:
         before, _ = _greedy(rollout, prompt)
         for _ in range(3):
@@ -192,7 +242,9 @@ def test_collective_sync_zero3_two_workers(ray_session, tiny_model_dir, tmp_path
         assert result.verified  # the first sync of a newly formed group is checked
         many = rollout.weights_digests()
         assert many[0] == many[1]
-        sync.buckets = plan_buckets([(n, s, getattr(torch, d)) for d, entries in sync.buckets for n, s in entries], 1 << 40)
+        sync.buckets = plan_buckets(
+            [(n, s, getattr(torch, d)) for d, entries in sync.buckets for n, s in entries], 1 << 40
+        )
         assert len(sync.buckets) == 1
         sync.sync(version=2)
         assert rollout.weights_digests() == many
@@ -237,7 +289,9 @@ def test_collective_sync_zero3_two_workers(ray_session, tiny_model_dir, tmp_path
         os.kill(pid, signal.SIGSTOP)
         threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
         start = time.monotonic()
-        with pytest.raises(RemoteCallError, match="rollout-1: the actor died during the broadcast|had not received it: rollout-1"):
+        with pytest.raises(
+            RemoteCallError, match="rollout-1: the actor died during the broadcast|had not received it: rollout-1"
+        ):
             sync.sync(version=5)
         assert time.monotonic() - start < COLLECTIVE.sync_timeout_s
         rollout._recover(1, "a test")
@@ -262,7 +316,10 @@ def test_collective_sync_zero3_two_workers(ray_session, tiny_model_dir, tmp_path
         ray.get(rollout.workers[1].__ray_call__.remote(drop_first_bucket))
         sync._form_group()
         first = sync.buckets[0][1][0][0]
-        with pytest.raises(SyncCheckFailed, match=rf"weight version 7 did not reach rollout-1 intact: {first} differs from what learner-0 sent"):
+        with pytest.raises(
+            SyncCheckFailed,
+            match=rf"weight version 7 did not reach rollout-1 intact: {first} differs from what learner-0 sent",
+        ):
             sync.sync(version=7)
     finally:
         learners.shutdown()
@@ -272,17 +329,30 @@ def test_collective_sync_zero3_two_workers(ray_session, tiny_model_dir, tmp_path
     assert after != before
 
 
-def test_tensor_parallel_engine_starts_in_a_placement_group_and_takes_both_transports(ray_session, tiny_model_dir, tmp_path):
+def test_tensor_parallel_engine_starts_in_a_placement_group_and_takes_both_transports(
+    ray_session, tiny_model_dir, tmp_path
+):
     """tensor_parallel_size=2 inside the job's placement group, where vLLM would default to its Ray
     executor (which does not run on CPU, and on GPU refuses a bundle of more than one GPU): the
     engine runs one process per shard, both join the weight group and each is checked, and the
     engine then generates what transformers generates from the learner's checkpoint, whichever
     transport brought the weights."""
     prompt, target = _prompt_and_target(tiny_model_dir)
-    cluster = ClusterConfig(cpus_per_learner=0.5, cpus_per_rollout=2, weight_transport="collective", bucket_mb=1, sync_timeout_s=60)
+    cluster = ClusterConfig(
+        cpus_per_learner=0.5, cpus_per_rollout=2, weight_transport="collective", bucket_mb=1, sync_timeout_s=60
+    )
     placement = place(1, 1, cluster, tensor_parallel=2)
-    learners = LearnerGroup(placement, "tp2", tiny_model_dir, LearnerConfig(precision="fp32", sft_lr=1e-2), GRPOConfig(), cluster, pad_id=0)
-    rollout = RolloutGroup(placement, "tp2", tiny_model_dir, RolloutConfig(tensor_parallel_size=2, dtype="float32", max_model_len=1024), cluster, seed=0)
+    learners = LearnerGroup(
+        placement, "tp2", tiny_model_dir, LearnerConfig(precision="fp32", sft_lr=1e-2), GRPOConfig(), cluster, pad_id=0
+    )
+    rollout = RolloutGroup(
+        placement,
+        "tp2",
+        tiny_model_dir,
+        RolloutConfig(tensor_parallel_size=2, dtype="float32", max_model_len=1024),
+        cluster,
+        seed=0,
+    )
     try:
         before, _ = _greedy(rollout, prompt)
         for _ in range(3):
@@ -292,7 +362,9 @@ def test_tensor_parallel_engine_starts_in_a_placement_group_and_takes_both_trans
         assert sync.sync(version=1).verified
         after, versions = _greedy(rollout, prompt)
         assert versions == {1}
-        assert WeightSync(learners, rollout, "object_store").sync(version=2).verified  # both shards, from one pickled buffer
+        assert (
+            WeightSync(learners, rollout, "object_store").sync(version=2).verified
+        )  # both shards, from one pickled buffer
         assert _greedy(rollout, prompt) == (after, {2})
         learners.save(str(tmp_path / "ckpt"))
     finally:

@@ -25,5 +25,5 @@ def test_never_above_peak_never_zero_and_never_rising_while_decaying(total, warm
     rates = [sft_learning_rate(s, total, 1.0, warmup, fraction) for s in range(total)]
     assert all(0.0 < r <= 1.0 for r in rates)
     decay_start = total - round(total * fraction)
-    tail = rates[max(decay_start, warmup):]
+    tail = rates[max(decay_start, warmup) :]
     assert all(a >= b for a, b in zip(tail, tail[1:]))

@@ -26,7 +26,9 @@ def test_length_groups_by_hand():
 
 @given(
     lengths=st.lists(st.integers(1, 500), min_size=1, max_size=60),
-    batch_size=st.integers(1, 8), groups=st.integers(1, 5), seed=st.integers(0, 3),
+    batch_size=st.integers(1, 8),
+    groups=st.integers(1, 5),
+    seed=st.integers(0, 3),
 )
 def test_length_groups_keep_the_draws_and_pad_no_more(lengths, batch_size, groups, seed):
     steps = 3 * groups

@@ -41,10 +41,14 @@ def _learner_files(folder: Path, shards: int = 2) -> None:
     save_file({"model.embed_tokens.weight": torch.ones(4, 2)}, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     for rank in range(shards):
-        (folder / "deepspeed" / "state" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(bytes([rank]) * 100)
+        (folder / "deepspeed" / "state" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(
+            bytes([rank]) * 100
+        )
 
 
-def _checkpoint(run: RemoteRunDir, tmp_path: Path, step: int, label: str, stage_end=False, keep_last=2, keep_optimizer=1) -> str:
+def _checkpoint(
+    run: RemoteRunDir, tmp_path: Path, step: int, label: str, stage_end=False, keep_last=2, keep_optimizer=1
+) -> str:
     state = RunState(stage=2, stage_step=step, global_step=step, stage_end=stage_end)
     uri = run.begin_checkpoint(state, label)
     local = tmp_path / f"upload-{step}"
@@ -71,8 +75,17 @@ def test_remote_run_commits_prunes_and_resumes(storage, tmp_path, request):
     assert names == ["000001-stage1-sft", "000003-grpo-step3", "000004-grpo-step4"]
     # Only the newest keeps the optimizer state; the stage-end checkpoint keeps weights and tokenizer.
     assert [c.rsplit("/", 1)[1] for c in run.complete_checkpoints()] == ["000004-grpo-step4"]
-    assert run.problem(stage1) == "deepspeed/ (the optimizer state) is missing" and run.problem(stage1, optimizer=False) is None
-    assert sorted(run.store.files("checkpoints/000001-stage1-sft")) == ["config.json", "manifest.json", "model.safetensors", "state.json", "tokenizer.json"]
+    assert (
+        run.problem(stage1) == "deepspeed/ (the optimizer state) is missing"
+        and run.problem(stage1, optimizer=False) is None
+    )
+    assert sorted(run.store.files("checkpoints/000001-stage1-sft")) == [
+        "config.json",
+        "manifest.json",
+        "model.safetensors",
+        "state.json",
+        "tokenizer.json",
+    ]
 
     # An upload with no state.json (the process died first) is never picked, and a resume clears it.
     half = run.begin_checkpoint(RunState(global_step=6), "grpo-step6")
@@ -103,7 +116,9 @@ def test_node_downloads_are_shared_and_filtered(storage, tmp_path):
     assert Store.open(uri, storage).upload(local) == sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
     rank1 = lambda name: "zero_pp_rank_" not in name or "zero_pp_rank_1_" in name  # noqa: E731
     copy = Path(local_copy(uri, storage, rank1))
-    assert sorted(p.name for p in (copy / "deepspeed" / "state").iterdir()) == ["zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert sorted(p.name for p in (copy / "deepspeed" / "state").iterdir()) == [
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    ]
     assert (copy / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes()
     before = (copy / "model.safetensors").stat().st_mtime_ns
     assert local_copy(uri, storage, lambda name: True) == str(copy)  # a second actor of the node
@@ -129,7 +144,9 @@ def test_upload_killed_midway_is_never_a_checkpoint(storage, tmp_path):
     _learner_files(big)
     for i in range(24):  # enough bytes that the kill lands during the upload
         (big / "deepspeed" / f"extra-{i}.pt").write_bytes(os.urandom(8 << 20))
-    uploader = subprocess.Popen([sys.executable, "-c", UPLOADER, uri, storage.endpoint, str(big)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    uploader = subprocess.Popen(
+        [sys.executable, "-c", UPLOADER, uri, storage.endpoint, str(big)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     assert uploader.stdout.readline().strip() == "uploading"
     deadline = time.monotonic() + 60
     while not run.store.files("checkpoints/000004-grpo-step4"):
@@ -154,12 +171,16 @@ def _refused(capsys, *argv) -> str:
 def test_bad_storage_is_refused_before_any_actor(capsys, monkeypatch, s3_endpoint, tiny_model_dir):
     args = [f"model.path={tiny_model_dir}", f"storage.endpoint={s3_endpoint}", "storage.connect_timeout_s=1"]
     assert "unknown storage scheme 'bogus'" in _refused(capsys, *args, "run.output_dir=bogus://bucket/runs")
-    assert "the bucket 'no-such-bucket' does not exist" in _refused(capsys, *args, "run.output_dir=s3://no-such-bucket/runs")
+    assert "the bucket 'no-such-bucket' does not exist" in _refused(
+        capsys, *args, "run.output_dir=s3://no-such-bucket/runs"
+    )
     err = _refused(capsys, *args, "run.output_dir=s3://bridge/runs", "storage.endpoint=http://127.0.0.1:9")
     assert "the storage endpoint does not answer" in err
     err = _refused(capsys, *args, "run.output_dir=s3://AKIAEXAMPLE:hunter2secret@bridge/runs")
     assert "must not carry credentials" in err and "hunter2secret" not in err
-    assert "model not found: s3://bridge/no-model has no config.json" in _refused(capsys, "model.path=s3://bridge/no-model", *args[1:], "run.output_dir=s3://bridge/runs")
+    assert "model not found: s3://bridge/no-model has no config.json" in _refused(
+        capsys, "model.path=s3://bridge/no-model", *args[1:], "run.output_dir=s3://bridge/runs"
+    )
 
     # No credentials, on a bucket open to anyone: the client frames its uploads (aws-chunked) and
     # moto stores the frame; the probe reads it back and refuses.
@@ -169,8 +190,12 @@ def test_bad_storage_is_refused_before_any_actor(capsys, monkeypatch, s3_endpoin
         anonymous.delenv("AWS_ACCESS_KEY_ID")
         anonymous.delenv("AWS_SECRET_ACCESS_KEY")
         host = s3_endpoint.removeprefix("http://")
-        pafs.S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1", allow_bucket_creation=True).create_dir("open-to-all")
-        assert "the server does not store uploads as sent" in _refused(capsys, *args, "run.output_dir=s3://open-to-all/runs")
+        pafs.S3FileSystem(
+            endpoint_override=host, scheme="http", region="us-east-1", allow_bucket_creation=True
+        ).create_dir("open-to-all")
+        assert "the server does not store uploads as sent" in _refused(
+            capsys, *args, "run.output_dir=s3://open-to-all/runs"
+        )
 
     # No write permission: a server that checks IAM, and the keys of a user that may only read.
     import boto3
@@ -182,7 +207,10 @@ def test_bad_storage_is_refused_before_any_actor(capsys, monkeypatch, s3_endpoin
         iam = boto3.client("iam", **connect)
         iam.create_user(UserName="reader")
         key = iam.create_access_key(UserName="reader")["AccessKey"]
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}],
+        }
         iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
@@ -211,7 +239,9 @@ def test_storage_gone_mid_run_is_one_error(tmp_path):
     (run.path / "metrics.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(StorageError, match="cannot upload the run's files to s3://gone/runs/job: .*NETWORK_CONNECTION"):
         run.publish()
-    with pytest.raises(StorageError, match="cannot prepare the checkpoint s3://gone/runs/job/checkpoints/000002-grpo-step2"):
+    with pytest.raises(
+        StorageError, match="cannot prepare the checkpoint s3://gone/runs/job/checkpoints/000002-grpo-step2"
+    ):
         run.begin_checkpoint(RunState(global_step=2), "grpo-step2")
 
 
@@ -235,6 +265,10 @@ def test_plan_reads_only_the_config_of_a_model(storage, tiny_model_dir):
     Store.open("s3://bridge/models/shape", storage).upload(Path(tiny_model_dir))
     shape = model_shape("s3://bridge/models/shape", storage)
     assert (shape.layers, shape.kv_heads, shape.head_dim) == (2, 1, 64)
-    fetched = [p.name for p in (Path(storage.scratch_dir) / "bridge-distill" / "downloads").rglob("*") if p.is_file() and p.suffix != ".lock"]
+    fetched = [
+        p.name
+        for p in (Path(storage.scratch_dir) / "bridge-distill" / "downloads").rglob("*")
+        if p.is_file() and p.suffix != ".lock"
+    ]
     assert fetched == ["config.json"]
     assert model_shape("embedded:smollm2-135m-instruct").layers == 30

@@ -40,7 +40,11 @@ def test_arithmetic_check_can_be_off():
 def test_steps_are_normalised():
     text = "1. **First** add: 2 + 3 = 5\n- Then double it: 5 * 2 = 10\nStep 3: That is all.\n\nFinal answer: 10"
     assert to_steps(text) == ["First add: 2 + 3 = 5", "Then double it: 5 * 2 = 10", "That is all."]
-    assert to_steps("She buys 3 pens. Each costs 2 dollars. So 3 * 2 = 6.") == ["She buys 3 pens.", "Each costs 2 dollars.", "So 3 * 2 = 6."]
+    assert to_steps("She buys 3 pens. Each costs 2 dollars. So 3 * 2 = 6.") == [
+        "She buys 3 pens.",
+        "Each costs 2 dollars.",
+        "So 3 * 2 = 6.",
+    ]
     verdict = judge("- 3 * 2 = 6\n- 6 + 1 = 7\n#### 7", "stop", "7")
     assert verdict.rationale == "Step 1: 3 * 2 = 6\nStep 2: 6 + 1 = 7"
 
@@ -48,8 +52,14 @@ def test_steps_are_normalised():
 def test_think_block_is_stripped_or_condensed():
     text = "<think>Let me see. 3 * 4 = 12. Wait, is that right? Yes.\nThen 12 + 1 = 13.</think>The answer is 13."
     assert visible_reasoning(text, "strip") == "The answer is 13."
-    assert visible_reasoning(text, "condense").splitlines() == ["Let me see. 3 * 4 = 12. Wait, is that right? Yes.", "Then 12 + 1 = 13.", "The answer is 13."]
-    assert visible_reasoning("<think>3 * 4 = 12\nAnswer: 12</think>", "strip") == "3 * 4 = 12\nAnswer: 12"  # nothing after it
+    assert visible_reasoning(text, "condense").splitlines() == [
+        "Let me see. 3 * 4 = 12. Wait, is that right? Yes.",
+        "Then 12 + 1 = 13.",
+        "The answer is 13.",
+    ]
+    assert (
+        visible_reasoning("<think>3 * 4 = 12\nAnswer: 12</think>", "strip") == "3 * 4 = 12\nAnswer: 12"
+    )  # nothing after it
 
 
 def test_choose_shortest_or_all():
@@ -60,7 +70,13 @@ def test_choose_shortest_or_all():
 
 def test_rows_are_a_teacher_source(tmp_path):
     verdict = judge("1) 4 * 3 = 12 eggs\n2) 12 - 2 = 10 left\nAnswer: 10", "stop", "10")
-    row = {"question": "How many eggs are left?", "rationale": verdict.rationale, "answer": "10", "origin": "x:1", "sample": 0}
+    row = {
+        "question": "How many eggs are left?",
+        "rationale": verdict.rationale,
+        "answer": "10",
+        "origin": "x:1",
+        "sample": 0,
+    }
     (tmp_path / "t.jsonl").write_text(json.dumps(row) + "\n")
     problem = load_problems(str(tmp_path / "t.jsonl")).problems[0]
     assert problem.steps == ("4 * 3 = 12 eggs", "12 - 2 = 10 left") and problem.answer == "10"
@@ -68,8 +84,23 @@ def test_rows_are_a_teacher_source(tmp_path):
 
 def _teacher(tiny_model_dir, out, limit):
     command = [
-        sys.executable, "-m", "launch.teacher", "--model", tiny_model_dir, "--data", "gsm8k:train", "--limit", str(limit),
-        "--out", str(out), "--samples", "2", "--max-new-tokens", "16", "--chunk", "2",
+        sys.executable,
+        "-m",
+        "launch.teacher",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        "gsm8k:train",
+        "--limit",
+        str(limit),
+        "--out",
+        str(out),
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--chunk",
+        "2",
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

@@ -21,7 +21,6 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-
 def _digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.view(torch.int16).numpy().tobytes()).hexdigest()
 
@@ -54,7 +53,9 @@ def _member(rank: int, ports: list[int], results, absent_from: int | None) -> No
 def _run_members(ports: list[int], absent: dict[int, int]) -> list:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    members = [context.Process(target=_member, args=(rank, ports, results, absent.get(rank))) for rank in range(len(NAMES))]
+    members = [
+        context.Process(target=_member, args=(rank, ports, results, absent.get(rank))) for rank in range(len(NAMES))
+    ]
     for m in members:
         m.start()
     for m in members:
