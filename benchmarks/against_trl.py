@@ -1,6 +1,7 @@
 """Our GRPO step against TRL's GRPOTrainer on exactly the same work, in one run on this machine.
 
-    python -m benchmarks.against_trl [--prompts 16] [--group 4] [--max-tokens 256] [--steps 4] [--lr 1e-6] [--ours default,full-batch,overlap]
+    python -m benchmarks.against_trl [--prompts 16] [--group 4] [--max-tokens 256] [--steps 4] [--lr 1e-6]
+        [--ours default,full-batch,overlap]
 
 Same model (SmolLM2-135M-Instruct by default), same GSM8K training questions (the question alone),
 G samples each, <= max-tokens new tokens, temperature 1, beta 0 (no reference model), one policy
@@ -60,10 +61,10 @@ def run_ours(model: str, problems: list, args, variant: str = "default") -> tupl
 
     from cluster.config import ClusterConfig
     from cluster.placement import place
-    from curriculum.weight_sync import WeightSync
     from curriculum import steps
     from curriculum.prompter import Prompter
     from curriculum.tasks import build_eval_task
+    from curriculum.weight_sync import WeightSync
     from learner.config import LearnerConfig
     from learner.group import LearnerGroup
     from learner.grpo import GRPOConfig
@@ -124,7 +125,8 @@ def run_ours(model: str, problems: list, args, variant: str = "default") -> tupl
             print(
                 f"{VARIANTS[variant]}, step {step + 1}: {seconds[-1]:.1f} s (generate {m['generate_s']:.1f}, "
                 f"waited {m['rollout_wait_s']:.1f}, learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f}; "
-                f"{m['completion_tokens']:.0f} tokens per completion, accuracy {m['accuracy']:.2f}, {m['learner_sequences']} sequences learned on)",
+                f"{m['completion_tokens']:.0f} tokens per completion, accuracy {m['accuracy']:.2f}, "
+                f"{m['learner_sequences']} sequences learned on)",
                 flush=True,
             )
     learners.shutdown()
@@ -177,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from curriculum.data import load_problems
     from cluster.model_source import resolve_model
+    from curriculum.data import load_problems
 
     variants = args.ours.split(",")
     if unknown := sorted(set(variants) - set(VARIANTS)):
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = load_problems("gsm8k:train", limit=args.prompts * (args.steps + 1)).problems
     python = None if args.skip_trl else ensure_trl_env(Path(args.trl_env))
     print(
-        f"{args.prompts} prompts x G={args.group}, <= {args.max_tokens} new tokens, {args.steps} steps (first = warm-up)\n",
+        f"{args.prompts} prompts x G={args.group}, <= {args.max_tokens} new tokens, {args.steps} steps "
+        "(first = warm-up)\n",
         flush=True,
     )
     rows = [(VARIANTS[v], *run_ours(model, problems, args, v)) for v in variants]
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds, memory in rows:
         steps = " ".join(f"{s:.0f}" for s in seconds)
         print(
-            f"{name:<32}{statistics.median(seconds[1:] or seconds):>14.1f}{steps:>24}{memory.peak_gib:>16.2f}{memory.sum_of_peaks_gib:>16.2f}"
+            f"{name:<32}{statistics.median(seconds[1:] or seconds):>14.1f}{steps:>24}"
+            f"{memory.peak_gib:>16.2f}{memory.sum_of_peaks_gib:>16.2f}"
         )
     print("(peak memory: highest total PSS of the job's processes, sampled; sum of peak RSS: their VmHWM added up)")
     if python is not None:

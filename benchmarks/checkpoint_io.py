@@ -1,6 +1,7 @@
 """Checkpoint save and restore: a local folder against an S3 server on loopback, and bytes per checkpoint.
 
-    python -m benchmarks.checkpoint_io [--model embedded:smollm2-135m-instruct] [--learners 1] [--repeats 3] [--precision fp32]
+    python -m benchmarks.checkpoint_io [--model embedded:smollm2-135m-instruct] [--learners 1] [--repeats 3]
+        [--precision fp32]
 
 One learner group (DeepSpeed ZeRO-2, after one SFT step so that the optimizer state exists) saves
 checkpoints the way the controller does (begin, every rank's save, commit with the tokenizer; on
@@ -44,16 +45,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.loopback_s3 import start_s3_server
     from cluster.config import ClusterConfig
+    from cluster.model_source import resolve_model
     from cluster.placement import place
     from cluster.storage import StorageConfig, Store
     from curriculum.remote_run import create_run
     from curriculum.run_dir import RunState
+    from launch.job_config import JobConfig
     from learner.batching import Sequence
     from learner.config import LearnerConfig
     from learner.group import LearnerGroup
     from learner.grpo import GRPOConfig
-    from launch.job_config import JobConfig
-    from cluster.model_source import resolve_model
 
     model = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -76,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         learners.sft_step([Sequence(list(range(1, 17)), list(range(17, 33)))] * args.learners, lr=1e-6)
         print(
-            f"model {args.model}, {args.learners} learner(s), ZeRO-2 {args.precision}; median of {args.repeats}; S3 = moto on loopback\n"
+            f"model {args.model}, {args.learners} learner(s), ZeRO-2 {args.precision}; median of "
+            f"{args.repeats}; S3 = moto on loopback\n"
         )
         print(
-            f"{'storage':<8} {'save s':>7} {'upload s':>9} {'restore s':>10} {'weights MiB':>12} {'optimizer MiB':>14} {'total MiB':>10}"
+            f"{'storage':<8} {'save s':>7} {'upload s':>9} {'restore s':>10} {'weights MiB':>12} "
+            f"{'optimizer MiB':>14} {'total MiB':>10}"
         )
         for name, output in (("local", str(work / "runs")), ("s3", "s3://bench/runs")):
             run = create_run(output, "bench", JobConfig(), storage)
@@ -98,12 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                 restores.append(time.perf_counter() - start)
                 files = Store.open(str(final), storage).files()
                 print(
-                    f"  {name} #{step}: save {saves[-1]:.2f} s (upload {uploads[-1]:.2f} s), restore {restores[-1]:.2f} s",
+                    f"  {name} #{step}: save {saves[-1]:.2f} s (upload {uploads[-1]:.2f} s), restore "
+                    f"{restores[-1]:.2f} s",
                     flush=True,
                 )
             weights, optimizer = _sizes(files)
             print(
-                f"{name:<8} {statistics.median(saves):7.2f} {statistics.median(uploads):9.2f} {statistics.median(restores):10.2f} "
+                f"{name:<8} {statistics.median(saves):7.2f} {statistics.median(uploads):9.2f} "
+                f"{statistics.median(restores):10.2f} "
                 f"{weights / 2**20:12.1f} {optimizer / 2**20:14.1f} {(weights + optimizer) / 2**20:10.1f}",
                 flush=True,
             )

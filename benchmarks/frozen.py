@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     seconds, losses = dict.fromkeys(kinds, 0.0), {kind: [] for kind in kinds}
     try:
-        for kind, worker in workers.items():
+        for worker in workers.values():
             worker.sft_step(batches[0], 1.0, 0.0)  # warm-up at lr 0, not counted
         for sequences in batches[1:]:
             for kind, worker in workers.items():
@@ -47,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
             worker.shutdown(process_group=i == len(workers) - 1)
     tokens = sum(len(s.prompt) + len(s.completion) for sequences in batches[1:] for s in sequences)
     print(
-        f"stage-1 steps 1..{args.steps} of {args.config}: {tokens} real tokens, micro-batches of {cfg.learner.micro_batch_size}"
+        f"stage-1 steps 1..{args.steps} of {args.config}: {tokens} real tokens, micro-batches of "
+        f"{cfg.learner.micro_batch_size}"
     )
     for kind in kinds:
         print(
-            f"  {kind:<12} {seconds[kind]:.1f} s, {tokens / seconds[kind]:.1f} real tokens/s, loss by step: {' '.join(f'{x:.3f}' for x in losses[kind])}"
+            f"  {kind:<12} {seconds[kind]:.1f} s, {tokens / seconds[kind]:.1f} real tokens/s, loss by "
+            f"step: {' '.join(f'{x:.3f}' for x in losses[kind])}"
         )
     full, frozen = (tokens / seconds[kind] for kind in kinds)
     print(f"  ratio frozen / all layers, real tokens/s: {frozen / full:.3f}")

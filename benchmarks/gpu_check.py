@@ -108,12 +108,18 @@ def check_devices(_: Path) -> str:
     x = torch.ones(1 << 20, device=device)
     assert x.sum().item() == 1 << 20
     env = {**os.environ, **hidden_gpus_env(0)}
-    probe = "import torch; from cluster.devices import actor_device; print(torch.cuda.device_count(), actor_device([], torch.cuda.device_count(), 'probe'))"
+    probe = (
+        "import torch; from cluster.devices import actor_device; print(torch.cuda.device_count(), "
+        "actor_device([], torch.cuda.device_count(), 'probe'))"
+    )
     seen = subprocess.run(
         [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     assert seen == ["0", "cpu"], seen
-    return f"{count} GPU(s) ({torch.cuda.get_device_name(0)}): the assigned one is {device}; a 0-GPU actor's environment sees {seen[0]} and runs on {seen[1]}"
+    return (
+        f"{count} GPU(s) ({torch.cuda.get_device_name(0)}): the assigned one is {device}; a 0-GPU actor's "
+        f"environment sees {seen[0]} and runs on {seen[1]}"
+    )
 
 
 def _learner(model: Path, lora: bool):
@@ -172,7 +178,8 @@ def check_learner(model: Path) -> str:
     assert old() is None
     merging.shutdown(process_group=False)
     return (
-        f"on {worker.device}: loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} SFT steps ({step_s:.2f} s each), "
+        f"on {worker.device}: loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} SFT steps "
+        f"({step_s:.2f} s each), "
         f"GRPO step applied, {tensors} tensors digested; LoRA merge rebuilt the engine, old one freed "
         f"(device memory {before / 2**20:.0f} -> {after / 2**20:.0f} MiB)"
     )
@@ -214,7 +221,7 @@ def check_vllm(model: Path) -> str:
         )[0, len(prompt) :].tolist()
     worker.shutdown(process_group=False)
     # bf16 on both sides may round differently over 16 greedy steps; the first tokens must agree.
-    agree = next((i for i, (a, b) in enumerate(zip(synced, expected)) if a != b), len(expected))
+    agree = next((i for i, (a, b) in enumerate(zip(synced, expected, strict=False)) if a != b), len(expected))
     assert agree >= 4 and synced != greedy, (synced, expected, greedy)
     del engine
 
@@ -224,7 +231,11 @@ def check_vllm(model: Path) -> str:
     served.load_weights(adapter_learner.export_weights(adapter=True), 1)
     with_adapter = served.generate([prompt], 1, 0.0, 1.0, 16, logprobs=False)[0][0].token_ids
     adapter_learner.shutdown(process_group=False)
-    return f"on {device}: seeded sampling repeats; checked sync of {len(digests[0])} tensors; greedy after sync agrees with transformers for {agree}/16 tokens; LoRA adapter served ({len(with_adapter)} tokens)"
+    return (
+        f"on {device}: seeded sampling repeats; checked sync of {len(digests[0])} tensors; greedy after "
+        f"sync agrees with transformers for {agree}/16 tokens; LoRA adapter served ({len(with_adapter)} "
+        "tokens)"
+    )
 
 
 def check_train(model: Path, minutes: float) -> str:
@@ -268,7 +279,10 @@ def check_train(model: Path, minutes: float) -> str:
         seconds = time.perf_counter() - start
         assert done.returncode == 0, done.stderr[-3000:]
         evals = [line for line in done.stdout.splitlines() if "eval after-stage" in line]
-    return f"{'one shared GPU' if shared else 'CPU'}: three stages in {seconds:.0f} s; {evals[-1].split('] ')[-1] if evals else 'no evaluation line'}"
+    return (
+        f"{'one shared GPU' if shared else 'CPU'}: three stages in {seconds:.0f} s; "
+        f"{evals[-1].split('] ')[-1] if evals else 'no evaluation line'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

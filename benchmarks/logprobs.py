@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.form, *shape)))
         return 0
     print(
-        f"bf16 logits [{args.batch}, {args.tokens}, {args.vocab}], fp32 log-probs, forward + backward, {args.threads} threads"
+        f"bf16 logits [{args.batch}, {args.tokens}, {args.vocab}], fp32 log-probs, forward + backward, "
+        f"{args.threads} threads"
     )
     rows = {}
     for form in FORMS:
@@ -84,18 +85,20 @@ def main(argv: list[str] | None = None) -> int:
             "benchmarks.logprobs",
             "--form",
             form,
-            *(f"--{k}={v}" for k, v in zip(("batch", "tokens", "vocab", "threads"), shape)),
+            *(f"--{k}={v}" for k, v in zip(("batch", "tokens", "vocab", "threads"), shape, strict=True)),
         ]
         rows[form] = json.loads(
             subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         )
         r = rows[form]
         print(
-            f"  {form:<9} forward {r['forward']:.3f} s  backward {r['backward']:.3f} s  total {r['forward'] + r['backward']:.3f} s  peak memory above the inputs {r['extra_gib']:.2f} GiB"
+            f"  {form:<9} forward {r['forward']:.3f} s  backward {r['backward']:.3f} s  total "
+            f"{r['forward'] + r['backward']:.3f} s  peak memory above the inputs {r['extra_gib']:.2f} GiB"
         )
     ours, theirs = (rows[f]["forward"] + rows[f]["backward"] for f in FORMS)
     print(
-        f"  ratio ours / one-shot: time {ours / theirs:.2f}, extra memory {rows['ours']['extra_gib'] / rows['one-shot']['extra_gib']:.2f}"
+        f"  ratio ours / one-shot: time {ours / theirs:.2f}, extra memory "
+        f"{rows['ours']['extra_gib'] / rows['one-shot']['extra_gib']:.2f}"
     )
     return 0
 

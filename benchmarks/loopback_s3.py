@@ -9,7 +9,6 @@ import sys
 import time
 import urllib.request
 
-
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "bridge-test-key",
     "AWS_SECRET_ACCESS_KEY": "bridge-test-secret-do-not-log",

@@ -198,29 +198,34 @@ def print_learner(results: dict[str, dict], args) -> None:
         f"stage-1 steps 1..{args.steps} of {args.config} ({args.precision}, one learner): {full['tokens']} real tokens"
     )
     print(
-        f"  {'kind':<15} {'step s':>7} {'tokens/s':>9} {'x full':>7} {'peak GiB':>9} {'trainable':>11} {'optim MiB':>10} {'sync MiB':>17}  loss by step"
+        f"  {'kind':<15} {'step s':>7} {'tokens/s':>9} {'x full':>7} {'peak GiB':>9} {'trainable':>11} "
+        f"{'optim MiB':>10} {'sync MiB':>17}  loss by step"
     )
     for kind, r in results.items():
         sync = f"{r['sync_bytes']['merged'] / 2**20:.1f}" + (
             f" / {r['sync_bytes']['adapter'] / 2**20:.2f}" if "adapter" in r["sync_bytes"] else ""
         )
         print(
-            f"  {kind:<15} {r['step_s']:>7.2f} {r['tokens_per_s']:>9.1f} {r['tokens_per_s'] / full['tokens_per_s']:>7.2f} {r['peak_gib']:>9.2f} "
-            f"{r['trainable']:>11,} {r['optimizer_bytes'] / 2**20:>10.1f} {sync:>17}  {' '.join(f'{x:.3f}' for x in r['losses'])}"
+            f"  {kind:<15} {r['step_s']:>7.2f} {r['tokens_per_s']:>9.1f} "
+            f"{r['tokens_per_s'] / full['tokens_per_s']:>7.2f} {r['peak_gib']:>9.2f} "
+            f"{r['trainable']:>11,} {r['optimizer_bytes'] / 2**20:>10.1f} {sync:>17}  "
+            f"{' '.join(f'{x:.3f}' for x in r['losses'])}"
         )
     print("  sync MiB: merged weights / the adapter alone (learner.lora.sync: adapter)")
 
 
 def print_rollout(results: dict[str, dict], args) -> None:
     print(
-        f"rollout engine (vLLM-CPU, {args.rollout_dtype}): one sync, then greedy generation of {args.prompts} prompts x <= 128 tokens"
+        f"rollout engine (vLLM-CPU, {args.rollout_dtype}): one sync, then greedy generation of "
+        f"{args.prompts} prompts x <= 128 tokens"
     )
     print(f"  {'kind':<24} {'sync s':>7} {'sync MiB':>9} {'tokens/s':>9} {'x merged':>9}  same tokens as merged")
     for kind, r in results.items():
         merged = results[kind.replace("adapter", "merged")]
-        same = sum(a == b for a, b in zip(r["generated"], merged["generated"]))
+        same = sum(a == b for a, b in zip(r["generated"], merged["generated"], strict=True))
         print(
-            f"  {kind:<24} {r['sync_s']:>7.3f} {r['sync_bytes'] / 2**20:>9.2f} {r['tokens_per_s']:>9.1f} {r['tokens_per_s'] / merged['tokens_per_s']:>9.2f}  {same}/{len(merged['generated'])}"
+            f"  {kind:<24} {r['sync_s']:>7.3f} {r['sync_bytes'] / 2**20:>9.2f} {r['tokens_per_s']:>9.1f} "
+            f"{r['tokens_per_s'] / merged['tokens_per_s']:>9.2f}  {same}/{len(merged['generated'])}"
         )
 
 

@@ -23,10 +23,10 @@ def stage1_inputs(config: str):
     """(config, model folder, prompter, training problems) of a job config, as a run prepares them."""
     from transformers import AutoTokenizer
 
+    from cluster.model_source import resolve_model
     from curriculum.data import load_problems
     from curriculum.prompter import Prompter
     from launch.job_config import JobConfig
-    from cluster.model_source import resolve_model
 
     cfg = load_config(JobConfig, config)
     model_path = resolve_model(cfg.model.path)
@@ -81,12 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     batches = {kind: stage1_batches(configs[kind], prompter, train, args.groups) for kind in kinds}
     print(
-        f"stage-1 steps 0..{args.groups - 1} of {args.config}: {cfg.stages.sft_batch_size} problems a step, micro-batches of {cfg.learner.micro_batch_size}"
+        f"stage-1 steps 0..{args.groups - 1} of {args.config}: {cfg.stages.sft_batch_size} problems a "
+        f"step, micro-batches of {cfg.learner.micro_batch_size}"
     )
     for kind, steps in batches.items():
         real, computed = token_counts(steps, cfg.learner.micro_batch_size, prompter.pad_id)
         print(
-            f"  {kind:<12} real tokens {real}, computed positions {computed}: padding {computed / real - 1:.1%} of the real tokens"
+            f"  {kind:<12} real tokens {real}, computed positions {computed}: padding "
+            f"{computed / real - 1:.1%} of the real tokens"
         )
     if args.learner_steps:
         seconds = train_alternately(cfg, model_path, prompter.pad_id, batches, args.learner_steps)
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         for kind in batches:
             print(
-                f"  {kind:<12} {args.learner_steps} learner steps: {seconds[kind]:.1f} s, {tokens[kind] / seconds[kind]:.1f} real tokens/s"
+                f"  {kind:<12} {args.learner_steps} learner steps: {seconds[kind]:.1f} s, "
+                f"{tokens[kind] / seconds[kind]:.1f} real tokens/s"
             )
         plain, grouped = (tokens[k] / seconds[k] for k in batches)
         print(f"  ratio grouped / plain, real tokens/s: {grouped / plain:.3f}")

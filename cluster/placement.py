@@ -11,8 +11,8 @@ Actors are named `<run>/learner-<i>` and `<run>/rollout-<i>` so they read well i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
@@ -43,7 +43,8 @@ def demands_for(num_learners: int, num_rollout: int, cfg: ClusterConfig) -> tupl
         }
         if clash:
             raise PlacementError(
-                f"cluster.colocate puts a learner and a rollout worker on one node, but learner_labels and rollout_labels differ on {sorted(clash)}"
+                "cluster.colocate puts a learner and a rollout worker on one node, but learner_labels and "
+                f"rollout_labels differ on {sorted(clash)}"
             )
         shared = {k: learner.get(k, 0) + rollout.get(k, 0) for k in learner | rollout}
         labels = {**cfg.learner_labels, **cfg.rollout_labels}
@@ -94,7 +95,8 @@ def check_devices(num_learners: int, num_rollout: int, cfg: ClusterConfig, tenso
         raise PlacementError(str(err)) from None
     if num_rollout and tensor_parallel > 1 and cfg.gpus_per_rollout and cfg.gpus_per_rollout != tensor_parallel:
         raise PlacementError(
-            f"rollout.tensor_parallel_size={tensor_parallel} runs one engine on {tensor_parallel} GPUs, but cluster.gpus_per_rollout="
+            f"rollout.tensor_parallel_size={tensor_parallel} runs one engine on {tensor_parallel} GPUs, "
+            "but cluster.gpus_per_rollout="
             f"{cfg.gpus_per_rollout:g}; set it to {tensor_parallel}"
         )
 
@@ -165,6 +167,7 @@ def place(num_learners: int, num_rollout: int, cfg: ClusterConfig, tensor_parall
         remove_placement_group(group)
         wanted = ", ".join(f"{d.name} {d.resources}" for d in demands)
         raise PlacementError(
-            f"placement group not ready after {cfg.placement_timeout_s:.0f} s ({wanted}): other jobs may hold the resources"
+            f"placement group not ready after {cfg.placement_timeout_s:.0f} s ({wanted}): other jobs may "
+            "hold the resources"
         ) from None
     return Placement(group, learner_bundles, rollout_bundles)

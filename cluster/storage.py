@@ -17,10 +17,10 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -35,17 +35,21 @@ SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 class StorageConfig:
     endpoint: str = option(
         "",
-        "S3-compatible endpoint URL (MinIO, Ceph, R2, ...), e.g. http://10.0.0.5:9000; empty = AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL from the environment, else AWS itself. Credentials are never set here: they come from each node's environment.",
+        "S3-compatible endpoint URL (MinIO, Ceph, R2, ...), e.g. http://10.0.0.5:9000; empty = "
+        "AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL from the environment, else AWS itself. Credentials are "
+        "never set here: they come from each node's environment.",
     )
     region: str = option("", "S3 region; empty = AWS_REGION / AWS_DEFAULT_REGION from the environment, else us-east-1.")
     connect_timeout_s: float = option(
         5.0,
-        "Seconds to wait for a connection to the storage endpoint; an unreachable endpoint is refused before any actor starts.",
+        "Seconds to wait for a connection to the storage endpoint; an unreachable endpoint is refused "
+        "before any actor starts.",
     )
     request_timeout_s: float = option(120.0, "Seconds one storage request (a part of an upload or download) may take.")
     scratch_dir: str = option(
         "",
-        "Local folder on every node for checkpoints being uploaded and checkpoints downloaded to load; empty = the system's temp folder. Only used when run.output_dir is a URI.",
+        "Local folder on every node for checkpoints being uploaded and checkpoints downloaded to load; "
+        "empty = the system's temp folder. Only used when run.output_dir is a URI.",
     )
 
 
@@ -72,15 +76,19 @@ def _filesystem(location: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str
     if parts.username or parts.password:
         # Say where, never what: the secret must not reach a log.
         raise StorageError(
-            f"{parts.scheme}://...@{parts.hostname}{parts.path}: a storage location must not carry credentials; set them in each node's environment (e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            f"{parts.scheme}://...@{parts.hostname}{parts.path}: a storage location must not carry "
+            "credentials; set them in each node's environment (e.g. AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY)"
         )
     if re.search(r"(?i)(secret|key|token|password)", parts.query):
         raise StorageError(
-            f"{parts.scheme}://{parts.netloc}{parts.path}: a storage location must not carry credentials in its query; set them in each node's environment"
+            f"{parts.scheme}://{parts.netloc}{parts.path}: a storage location must not carry credentials "
+            "in its query; set them in each node's environment"
         )
     if parts.scheme not in SCHEMES:
         raise StorageError(
-            f"{location}: unknown storage scheme '{parts.scheme}' (a local path, or one of {', '.join(s + '://' for s in SCHEMES)})"
+            f"{location}: unknown storage scheme '{parts.scheme}' (a local path, or one of "
+            f"{', '.join(s + '://' for s in SCHEMES)})"
         )
     if parts.scheme != "s3":
         try:
@@ -91,7 +99,7 @@ def _filesystem(location: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str
         raise StorageError(f"{location}: an s3:// location needs a bucket (s3://bucket/prefix)")
     endpoint = cfg.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
     region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    options = dict(region=region, connect_timeout=cfg.connect_timeout_s, request_timeout=cfg.request_timeout_s)
+    options = {"region": region, "connect_timeout": cfg.connect_timeout_s, "request_timeout": cfg.request_timeout_s}
     if endpoint:
         scheme, _, host = endpoint.rpartition("://")
         options.update(endpoint_override=host or endpoint, scheme=scheme or "https")
@@ -105,7 +113,7 @@ class Store:
         self.fs, self.root, self.uri = fs, root.rstrip("/"), uri.rstrip("/")
 
     @classmethod
-    def open(cls, location: str | Path, cfg: StorageConfig) -> "Store":
+    def open(cls, location: str | Path, cfg: StorageConfig) -> Store:
         location = str(location)
         if not is_uri(location):
             path = str(Path(location).expanduser().resolve())
@@ -119,7 +127,7 @@ class Store:
     def uri_of(self, rel: str) -> str:
         return f"{self.uri}/{rel}" if rel else self.uri
 
-    def child(self, rel: str) -> "Store":
+    def child(self, rel: str) -> Store:
         return Store(self.fs, self._path(rel), self.uri_of(rel))
 
     def exists(self, rel: str = "") -> bool:
@@ -208,7 +216,9 @@ class Store:
                 # Seen with anonymous access: the client frames the body (aws-chunked) and a server
                 # that does not decode it stores the frame, so every file would come back altered.
                 raise StorageError(
-                    f"{what} {self.uri}: a 5-byte probe file came back as {len(stored)} different bytes; the server does not store uploads as sent (with S3-compatible servers this happens without credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                    f"{what} {self.uri}: a 5-byte probe file came back as {len(stored)} different bytes; "
+                    "the server does not store uploads as sent (with S3-compatible servers this happens "
+                    "without credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
                 )
         except OSError as err:
             reason = _reason(err)

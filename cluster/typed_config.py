@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +65,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def _coerce(tp: Any, value: Any, dotted: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value if value is not None else {}, dotted + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -155,7 +156,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f"{f':{mark.line + 1}:{mark.column + 1}' if mark else ''}: not valid YAML ({problem})"
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] = ()) -> Any:
+def load_config(cls: type, path: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
     """Read YAML `path` (optional), apply dotted `overrides` in order, validate into `cls`."""
     tree: dict[str, Any] = {}
     if path is not None:
@@ -192,9 +193,15 @@ def describe(cls: type, indent: int = 0) -> str:
             lines.append(f"{pad}{f.name}:  # {help_text}")
             lines.append(describe(hints[f.name], indent + 1))
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"{pad}{f.name}: {default!r}  # {help_text}")
+            lines.append(f"{pad}{f.name}: {_default(f)!r}  # {help_text}")
     return "\n".join(lines)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (an `option` has a default or, for a list or dict, a factory)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def reference(cls: type, prefix: str = "") -> str:
@@ -207,8 +214,7 @@ def reference(cls: type, prefix: str = "") -> str:
         if dataclasses.is_dataclass(hints[f.name]):
             nested.append(f"### `{prefix}{f.name}`\n\n{help_text}\n\n{reference(hints[f.name], f'{prefix}{f.name}.')}")
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            cells = (f"`{prefix}{f.name}`", _type_name(hints[f.name]), f"`{default!r}`", help_text)
+            cells = (f"`{prefix}{f.name}`", _type_name(hints[f.name]), f"`{_default(f)!r}`", help_text)
             rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     table = "| key | type | default | meaning |\n| --- | --- | --- | --- |\n" + "\n".join(rows) if rows else ""
     return "\n\n".join(part for part in (table, *nested) if part)

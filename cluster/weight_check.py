@@ -19,7 +19,7 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     """The byte count and CRC-32 of the tensor's bytes as stored. A checksum made for transfer
     errors, not for an adversary: 6.5 GB/s on one core here, against 2.0 for SHA-256."""
     data = tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy()
-    return f"{data.nbytes:x}:{zlib.crc32(data):08x}"
+    return f"{data.nbytes:x}:{zlib.crc32(data.data):08x}"
 
 
 def digest_map(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:

@@ -93,7 +93,8 @@ class WeightGroup:
             if not wait_for(done.query, self.timeout_s):
                 self.comm.destroy()  # ncclCommAbort: the kernel waiting on a lost peer returns
                 raise WeightGroupError(
-                    f"{self.names[self.rank]}: the weight broadcast did not finish within {self.timeout_s:.0f} s (a peer stopped answering)"
+                    f"{self.names[self.rank]}: the weight broadcast did not finish within "
+                    f"{self.timeout_s:.0f} s (a peer stopped answering)"
                 )
             return
         options = dist.BroadcastOptions()

@@ -29,8 +29,8 @@ import time
 from tqdm import tqdm
 
 from cluster.metrics import MetricsSink
+from cluster.model_source import resolve_on_node
 from cluster.placement import place
-from curriculum.weight_sync import SyncResult, WeightSync
 from curriculum import steps
 from curriculum.data import Problem
 from curriculum.evaluation import evaluate, mine_failures
@@ -48,8 +48,8 @@ from curriculum.stages import (
     step_rng,
 )
 from curriculum.tasks import build_completion_task, build_rewrite_task, mask_ratio_at
+from curriculum.weight_sync import SyncResult, WeightSync
 from learner.group import LearnerGroup
-from cluster.model_source import resolve_on_node
 from learner.schedule import sft_learning_rate
 from rollout.group import RolloutGroup
 
@@ -130,7 +130,8 @@ class Controller:
         stage1 = [c for c in self.run.committed_checkpoints() if checkpoint_name(c).endswith("-" + stage_end_label(1))]
         if not stage1 or self.run.problem(stage1[-1], optimizer=False):
             self._log(
-                f"warning: no complete stage-1 checkpoint in {self.run.location}: the KL reference is {checkpoint_name(resume_from)}"
+                f"warning: no complete stage-1 checkpoint in {self.run.location}: the KL reference is "
+                f"{checkpoint_name(resume_from)}"
             )
             return None
         return str(stage1[-1])
@@ -309,7 +310,8 @@ class Controller:
         self.metrics.log(self.state.global_step, "eval", {"label": label, **result.metrics()})
         self.run.publish()
         self._log(
-            f"eval {label}: accuracy {result.accuracy:.3f}, mean tokens {result.mean_tokens:.1f}, format {result.format_rate:.2f} (n={result.n})"
+            f"eval {label}: accuracy {result.accuracy:.3f}, mean tokens {result.mean_tokens:.1f}, format "
+            f"{result.format_rate:.2f} (n={result.n})"
         )
 
     def _checkpoint(self, label: str, stage_end: bool) -> None:
@@ -338,6 +340,7 @@ class Controller:
         else:
             self._log(
                 f"{head} reward {m['reward_mean']:+.3f} acc {m['accuracy']:.2f} tokens {m['completion_tokens']:.0f} "
-                f"clip {m['clip_fraction']:.3f} | generate {m['generate_s']:.1f}s (waited {m['rollout_wait_s']:.1f}s) reward {m['reward_s']:.2f}s "
+                f"clip {m['clip_fraction']:.3f} | generate {m['generate_s']:.1f}s (waited "
+                f"{m['rollout_wait_s']:.1f}s) reward {m['reward_s']:.2f}s "
                 f"learner {m['learner_s']:.1f}s sync {m['sync_s']:.2f}s (v{m['weight_version']})"
             )

@@ -48,12 +48,14 @@ class Problem:
 class DataConfig:
     train: str = option(
         "gsm8k:train",
-        "Training problems: 'gsm8k:train'/'gsm8k:test' (the vendored copy), a local .jsonl/.json/.parquet file, or 'hub:NAME[:CONFIG]:SPLIT' for a datasets hub name.",
+        "Training problems: 'gsm8k:train'/'gsm8k:test' (the vendored copy), a local .jsonl/.json/.parquet "
+        "file, or 'hub:NAME[:CONFIG]:SPLIT' for a datasets hub name.",
     )
     eval: str = option("gsm8k:test", "Evaluation problems, same forms as `train`.")
     format: Literal["auto", "gsm8k", "teacher"] = option(
         "auto",
-        "Row schema: 'gsm8k' (question, answer with '#### N'), 'teacher' (question, rationale, answer), or 'auto' to decide by the columns.",
+        "Row schema: 'gsm8k' (question, answer with '#### N'), 'teacher' (question, rationale, answer), "
+        "or 'auto' to decide by the columns.",
     )
     skip_malformed: bool = option(
         False, "Skip rows that do not parse (and count them) instead of stopping with an error naming file and line."
@@ -229,7 +231,8 @@ def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
         yield from _iter_jsonl(path)  # JSON lines with a single row
     else:
         raise DataError(
-            f"{path}: the top level must be a list of rows (or one JSON object per line), got {_JSON_KINDS[type(document)]}"
+            f"{path}: the top level must be a list of rows (or one JSON object per line), got "
+            f"{_JSON_KINDS[type(document)]}"
         )
 
 
@@ -255,7 +258,7 @@ def load_problems(spec: str, schema: str = "auto", skip_malformed: bool = False,
     report = LoadReport(problems=[])
     for origin, row, error in _iter_rows(spec):
         try:
-            if error:
+            if error or row is None:  # a row that could not be read says why
                 raise DataError(error)
             report.problems.append(row_to_problem(row, schema, origin))
         except DataError as err:

@@ -37,7 +37,7 @@ def evaluate(rollout, prompter: Prompter, problems: list[Problem], max_tokens: i
     prompts = [prompter.prompt_ids(build_eval_task(p)) for p in problems]
     completions, _, _ = rollout.generate(prompts, 1, 0.0, max_tokens, logprobs=False)
     samples = []
-    for problem, group in zip(problems, completions):
+    for problem, group in zip(problems, completions, strict=True):
         completion = group[0]
         text = prompter.decode(completion.token_ids)
         chain = check_chain(text)
@@ -83,6 +83,6 @@ def mine_failures(
     completions, _, _ = rollout.generate(prompts, k, temperature, max_tokens, logprobs=False, seed=seed)
     return [
         index
-        for index, (problem, group) in enumerate(zip(problems, completions))
+        for index, (problem, group) in enumerate(zip(problems, completions, strict=True))
         if not any(is_correct(prompter.decode(c.token_ids), problem.answer) for c in group)
     ]

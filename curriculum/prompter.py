@@ -33,7 +33,8 @@ class Prompter:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_prompt_tokens:
             raise PromptTooLong(
-                f"{task.problem.origin}: prompt of {len(ids)} tokens exceeds model.max_prompt_tokens={self.max_prompt_tokens}"
+                f"{task.problem.origin}: prompt of {len(ids)} tokens exceeds "
+                f"model.max_prompt_tokens={self.max_prompt_tokens}"
             )
         return ids
 
@@ -64,11 +65,13 @@ class Prompter:
         """The problems whose prompts fit `max_prompt_tokens` and how many did not; with `skip`
         False, any that does not fit raises `PromptTooLong` naming it."""
         lengths = self.longest_prompts(problems, training)
-        kept = [p for p, n in zip(problems, lengths) if n <= self.max_prompt_tokens]
-        too_long = [p for p, n in zip(problems, lengths) if n > self.max_prompt_tokens]
+        kept = [p for p, n in zip(problems, lengths, strict=True) if n <= self.max_prompt_tokens]
+        too_long = [p for p, n in zip(problems, lengths, strict=True) if n > self.max_prompt_tokens]
         if too_long and not skip:
             raise PromptTooLong(
-                f"{what}: {len(too_long)} problem(s) make prompts longer than model.max_prompt_tokens={self.max_prompt_tokens} "
-                f"(longest {max(lengths)} tokens; first at {too_long[0].origin}); raise model.max_prompt_tokens or set model.long_prompts=skip"
+                f"{what}: {len(too_long)} problem(s) make prompts longer than "
+                f"model.max_prompt_tokens={self.max_prompt_tokens} "
+                f"(longest {max(lengths)} tokens; first at {too_long[0].origin}); raise "
+                "model.max_prompt_tokens or set model.long_prompts=skip"
             )
         return kept, len(too_long)

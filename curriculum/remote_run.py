@@ -37,7 +37,7 @@ class RemoteRunDir(RunDir):
         return self.store.uri
 
     @classmethod
-    def create(cls, output_dir: str, name: str, cfg, storage: StorageConfig) -> "RemoteRunDir":
+    def create(cls, output_dir: str, name: str, cfg, storage: StorageConfig) -> RemoteRunDir:
         base = Store.open(output_dir, storage)
         run = cls(base.child(free_run_name(name, set(base.folders()))), storage)
         shutil.rmtree(run.path, ignore_errors=True)
@@ -47,7 +47,7 @@ class RemoteRunDir(RunDir):
         return run
 
     @classmethod
-    def open(cls, location: str, storage: StorageConfig) -> "RemoteRunDir":
+    def open(cls, location: str, storage: StorageConfig) -> RemoteRunDir:
         """The run at `location`, its small files fetched into a fresh working copy."""
         run = cls(Store.open(location, storage), storage)
         if not run.store.exists("config.yaml"):
@@ -58,7 +58,7 @@ class RemoteRunDir(RunDir):
         return run
 
     @classmethod
-    def find_latest(cls, output_dir: str, name: str, storage: StorageConfig) -> "RemoteRunDir":
+    def find_latest(cls, output_dir: str, name: str, storage: StorageConfig) -> RemoteRunDir:
         base = Store.open(output_dir, storage)
         candidates = [f for f in base.folders() if is_run_of(f, name)]
         found = []

@@ -71,7 +71,9 @@ def figure(records: list[dict], evaluations: dict[str, dict], title: str):
         # Each bar says its value and how many problems it rests on: 64 problems are a progress
         # signal (one answer is 1.6 points), not a measurement.
         ax.bar_label(
-            bars, labels=[f"{unit.format(v)}\nn={evaluations[k]['eval_n']}" for k, v in zip(labels, values)], fontsize=8
+            bars,
+            labels=[f"{unit.format(v)}\nn={evaluations[k]['eval_n']}" for k, v in zip(labels, values, strict=True)],
+            fontsize=8,
         )
         ax.set_title(heading)
         ax.margins(y=0.25)

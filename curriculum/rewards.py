@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster.typed_config import option
 from curriculum.answers import count_steps, count_words, has_valid_format, is_correct
 from curriculum.step_check import check_chain
-from cluster.typed_config import option
 
 WRONG = -2.0
 BAD_FORMAT = -1.0
@@ -30,7 +30,8 @@ class RewardContext:
 class RewardConfig:
     stage2: str = option(
         "bridge_stage2",
-        "Reward for stage 2 (masked completion), by registered name: bridge_stage2, bridge_stage3, group_length or correct.",
+        "Reward for stage 2 (masked completion), by registered name: bridge_stage2, bridge_stage3, "
+        "group_length or correct.",
     )
     stage3: str = option("bridge_stage3", "Reward for stage 3 (rewriting persistent failures); a registered name.")
     step_check_weight: float = option(
@@ -118,7 +119,7 @@ def group_length(group: list[str], ctx: RewardContext) -> list[float]:
     lengths = [count_words(text) for text in group]
     shortest, longest = min(lengths), max(lengths)
     rewards = []
-    for text, length in zip(group, lengths):
+    for text, length in zip(group, lengths, strict=True):
         lam = 0.5 - (length - shortest) / (longest - shortest) if longest > shortest else 0.0
         reward = 1.0 + lam if is_correct(text, ctx.answer) else min(0.0, lam)
         rewards.append(reward - (0.0 if has_valid_format(text) else 0.5))
@@ -131,5 +132,5 @@ def score_group(name: str, group: list[str], ctx: RewardContext, step_check_weig
         raise KeyError(f"unknown reward '{name}' (registered: {', '.join(sorted(REWARDS))})")
     rewards = REWARDS[name](group, ctx)
     if step_check_weight:
-        rewards = [r + step_check_weight * check_chain(t).step_accuracy for r, t in zip(rewards, group)]
+        rewards = [r + step_check_weight * check_chain(t).step_accuracy for r, t in zip(rewards, group, strict=True)]
     return rewards

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from cluster.typed_config import ConfigError, to_dict
 from cluster.model_source import weights_problem
+from cluster.typed_config import ConfigError, to_dict
 
 
 @dataclass
@@ -113,7 +113,7 @@ class RunDir:
         """Make the files written so far visible where the run lives (here they already are)."""
 
     @classmethod
-    def create(cls, output_dir: str, name: str, cfg) -> "RunDir":
+    def create(cls, output_dir: str, name: str, cfg) -> RunDir:
         """A fresh run folder; `name`, `name-2`, ... so that no earlier run is overwritten."""
         base = Path(output_dir)
         path = base / free_run_name(name, {p.name for p in base.iterdir()} if base.is_dir() else set())
@@ -122,7 +122,7 @@ class RunDir:
         return cls(path)
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
+    def open(cls, path: str | Path) -> RunDir:
         run = cls(Path(path))
         if not (run.path / "config.yaml").is_file():
             raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
@@ -140,7 +140,7 @@ class RunDir:
         return path
 
     @classmethod
-    def find_latest(cls, output_dir: str, name: str) -> "RunDir":
+    def find_latest(cls, output_dir: str, name: str) -> RunDir:
         """`--resume auto`: of the runs `name`, `name-2`, ... the one with the newest complete checkpoint."""
         base = Path(output_dir)
         runs = [cls(p) for p in base.glob(f"{name}*") if (p / "config.yaml").is_file() and is_run_of(p.name, name)]

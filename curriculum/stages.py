@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from cluster.typed_config import option
 from curriculum.data import Problem
 from curriculum.tasks import Task, build_reconstruction_task
-from cluster.typed_config import option
 
 
 @dataclass
@@ -20,7 +20,9 @@ class StagesConfig:
     sft_batch_size: int = option(16, "Stage 1: problems per step.")
     sft_length_groups: int = option(
         1,
-        "Stage 1: draw this many batches' problems at once, sort them by length and cut them into batches again (like transformers' group_by_length), so that little of each micro-batch is padding; every problem is still drawn once per epoch. 1 = plain shuffled batches.",
+        "Stage 1: draw this many batches' problems at once, sort them by length and cut them into batches "
+        "again (like transformers' group_by_length), so that little of each micro-batch is padding; every "
+        "problem is still drawn once per epoch. 1 = plain shuffled batches.",
     )
     grpo_steps: int = option(20, "Stage 2: GRPO steps on masked completion (the mask schedule spans them).")
     prompts_per_step: int = option(8, "Stages 2-3: prompts per GRPO step (each sampled group_size times).")
@@ -34,7 +36,9 @@ class StagesConfig:
     keep_last: int = option(2, "Periodic checkpoints to keep (stage-end checkpoints are always kept).")
     keep_optimizer_state: int = option(
         1,
-        "How many of the newest checkpoints keep their DeepSpeed optimizer state, which a resume needs (for a 3B model ~36 GB each); the older ones keep weights and tokenizer only. 0 = every checkpoint keeps it.",
+        "How many of the newest checkpoints keep their DeepSpeed optimizer state, which a resume needs "
+        "(for a 3B model ~36 GB each); the older ones keep weights and tokenizer only. 0 = every "
+        "checkpoint keeps it.",
     )
 
 

@@ -75,8 +75,8 @@ def check_equation(text: str) -> bool | None:
     sides = [s.strip() for s in text.split("=")]
     if len(sides) < 2 or any(not s for s in sides):
         return None
-    values = [evaluate(s) for s in sides]
-    if any(v is None for v in values):
+    values = [v for v in map(evaluate, sides) if v is not None]
+    if len(values) != len(sides):
         return None
     if not any(re.search(r"\d\s*[-+*/×÷x]\s*[\d(]", s) for s in sides):
         return None  # `x = 5` or `5 = 5`: nothing was computed

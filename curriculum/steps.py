@@ -53,7 +53,7 @@ def _trim(sequences: list[Sequence], multiple: int) -> list[Sequence]:
 def sft_step(tasks: list[Task], prompter: Prompter, learners, lr: float) -> dict[str, float]:
     """Stage 1: teacher-forced reconstruction of the ordered rationale, one update at `lr`."""
     kept, prompts, skipped = _encode(tasks, prompter)
-    sequences = _trim([Sequence(p, prompter.target_ids(t)) for t, p in zip(kept, prompts)], learners.size)
+    sequences = _trim([Sequence(p, prompter.target_ids(t)) for t, p in zip(kept, prompts, strict=True)], learners.size)
     if not sequences:
         raise RuntimeError("no stage-1 example fits model.max_prompt_tokens; raise it or check the data")
     stats = learners.sft_step(sequences, lr)
@@ -178,7 +178,7 @@ def grpo_update(
     returned finished."""
     start = time.perf_counter()
     rewards, correct, formatted, lengths, truncated = [], [], [], [], 0
-    for task, group in zip(batch.tasks, batch.groups):
+    for task, group in zip(batch.tasks, batch.groups, strict=True):
         texts = [prompter.decode(c.token_ids) for c in group]
         problem: Problem = task.problem
         context = RewardContext(problem.answer, len(problem.steps), problem.num_words)
@@ -195,7 +195,7 @@ def grpo_update(
     sequences = _trim(
         [
             Sequence(p, list(c.token_ids), a, c.logprobs if off_policy else None)
-            for p, c, a in zip(prompt_of, flat, advantages.tolist())
+            for p, c, a in zip(prompt_of, flat, advantages.tolist(), strict=True)
             if c.token_ids
         ],
         learners.size,

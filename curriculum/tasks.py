@@ -19,8 +19,8 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from curriculum.data import Problem
 from cluster.typed_config import option
+from curriculum.data import Problem
 
 MASK = "<MASK>"
 SYSTEM_PROMPT = (
@@ -33,14 +33,16 @@ SYSTEM_PROMPT = (
 class TaskConfig:
     stage1_mask_policy: Literal["one", "ratio", "none"] = option(
         "one",
-        "Stage-1 masking: 'one' masks a single step with probability stage1_mask_prob (paper), 'ratio' masks that share of the steps, 'none' only shuffles.",
+        "Stage-1 masking: 'one' masks a single step with probability stage1_mask_prob (paper), 'ratio' "
+        "masks that share of the steps, 'none' only shuffles.",
     )
     stage1_mask_prob: float = option(
         0.7, "Stage 1: probability (policy 'one') or share of steps (policy 'ratio') to mask."
     )
     stage1_question_only: float = option(
         0.0,
-        "Stage 1: share of tasks that show the question alone (every step hidden, as at evaluation), so SFT also practises solving from scratch; 0 = paper.",
+        "Stage 1: share of tasks that show the question alone (every step hidden, as at evaluation), so "
+        "SFT also practises solving from scratch; 0 = paper.",
     )
     stage2_min_masked: int = option(
         1, "Stage 2: mask at least this many steps whenever the ratio is above 0 (paper: 3)."

@@ -123,7 +123,8 @@ class WeightSync:
                 self.rollout.await_restart(lost.worker, f"the sync of weight version {version}")
         else:
             raise RemoteCallError(
-                f"weight version {version} could not reach the rollout workers: they kept dying ({self.cluster.rollout_max_restarts + 1} tries)"
+                f"weight version {version} could not reach the rollout workers: they kept dying "
+                f"({self.cluster.rollout_max_restarts + 1} tries)"
             )
         self.version = version
         self.since_formation += 1
@@ -152,7 +153,9 @@ class WeightSync:
                 self.learners.wait(send, self.cluster.sync_timeout_s, what)  # names the learner's node
                 raise
             # The first error may be the sender's ("timed out"): say which receivers stopped.
-            unfinished = [name for name, ref in zip(self.rollout.names, receive) if not ray.wait([ref], timeout=0)[0]]
+            unfinished = [
+                name for name, ref in zip(self.rollout.names, receive, strict=True) if not ray.wait([ref], timeout=0)[0]
+            ]
             raise RemoteCallError(
                 f"{err}; rollout workers that had not received it: {', '.join(unfinished) or 'none'}"
             ) from err
@@ -182,8 +185,9 @@ class WeightSync:
         """Every vLLM worker of rollout workers `indices` loaded exactly what learner-0 sent;
         `received` holds each one's (bytes, [digests of each of its vLLM workers])."""
         sent = self.learners.sent_digests()
-        for index, (_, digests) in zip(indices, received):
-            for member, loaded in zip(self.engine_members(index), digests):
+        for index, (_, digests) in zip(indices, received, strict=True):
+            # An adapter is loaded once per engine, not per shard: it has one map of digests.
+            for member, loaded in zip(self.engine_members(index), digests, strict=False):
                 problem = first_mismatch(sent, loaded)
                 if problem:
                     raise SyncCheckFailed(f"weight version {version} did not reach {member} intact: {problem}")

@@ -13,9 +13,9 @@ def read_inputs(data: str, limit: int, model: str, max_prompt_tokens: int):
     """(problems, model folder, prompter); a DataError or ModelError on bad input, before any engine starts."""
     from transformers import AutoTokenizer
 
+    from cluster.model_source import resolve_model
     from curriculum.data import load_problems
     from curriculum.prompter import Prompter
-    from cluster.model_source import resolve_model
 
     problems = load_problems(data, limit=limit).problems
     model_path = resolve_model(model)

@@ -16,10 +16,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from cluster.model_source import ModelError
 from curriculum.data import DataError
 from curriculum.evaluation import evaluate
 from launch.engines import open_rollout, read_inputs
-from cluster.model_source import ModelError
 from rollout.config import RolloutConfig
 
 
@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         required=True,
-        help="save_pretrained folder, checkpoint URI (s3://..., credentials from the environment), hub name, or embedded:smollm2-135m-instruct",
+        help="save_pretrained folder, checkpoint URI (s3://..., credentials from the environment), hub name, "
+        "or embedded:smollm2-135m-instruct",
     )
     parser.add_argument(
         "--data", default="gsm8k:test", help="gsm8k:test, a local jsonl/parquet, or hub:NAME[:CONFIG]:SPLIT"

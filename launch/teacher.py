@@ -23,13 +23,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cluster.model_source import ModelError
 from curriculum.answers import count_words
 from curriculum.data import DataError
 from curriculum.prompter import Prompter, PromptTooLong
 from curriculum.tasks import build_eval_task
 from curriculum.teacher import choose, judge
 from launch.engines import open_rollout, read_inputs
-from cluster.model_source import ModelError
 from rollout.config import RolloutConfig
 
 
@@ -199,7 +199,7 @@ def generate_chunk(
         else ([], set(), 0.0)
     )
     rows = []
-    for problem, group in zip(fitting, groups):
+    for problem, group in zip(fitting, groups, strict=True):
         verdicts = [
             judge(prompter.decode(c.token_ids), c.finish_reason, problem.answer, args.think, args.check_arithmetic)
             for c in group

@@ -1,7 +1,7 @@
 """Entry point of a training job.
 
     python -m launch.train --config launch/configs/smollm2-gsm8k.yaml [key=value ...]
-    python -m launch.train --resume runs/smollm2-gsm8k        # continue from its last checkpoint (a path or s3://... URI)
+    python -m launch.train --resume runs/smollm2-gsm8k        # continue from its last checkpoint (a path or URI)
     python -m launch.train --resume auto [--config ...]       # ... of the newest run of the config's name
     python -m launch.train --plan [--config ...]              # where each actor would run; starts nothing
 
@@ -15,18 +15,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from cluster.model_source import ModelError, resolve_model
 from cluster.placement import PlacementError, check_layout
 from cluster.remote import RemoteCallError
+from cluster.storage import StorageError, Store, is_uri
+from cluster.typed_config import ConfigError, describe, load_config
+from curriculum.data import DataError, load_problems
 from curriculum.faults import NumericalFault
 from curriculum.prompter import Prompter, PromptTooLong
-from curriculum.data import DataError, load_problems
-from curriculum.report import table, write_report
-from cluster.storage import StorageError, Store, is_uri
 from curriculum.remote_run import checkpoint_name, create_run, find_latest_run, open_run
+from curriculum.report import table, write_report
 from curriculum.run_dir import CheckpointError
-from cluster.typed_config import ConfigError, describe, load_config
 from launch.job_config import JobConfig
-from cluster.model_source import ModelError, resolve_model
 from learner.models import check_frozen_layers, check_lora_targets, model_shape
 
 DEFAULT_CONFIG = "launch/configs/smollm2-gsm8k.yaml"
@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its latest complete checkpoint; 'auto' = the newest resumable run of the config's run.name",
+        help="continue the run in RUN_DIR from its latest complete checkpoint; 'auto' = the newest resumable "
+        "run of the config's run.name",
     )
     parser.add_argument(
         "--stop-after-stage",
@@ -50,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--plan",
         action="store_true",
-        help="connect to the cluster, reserve the layout, print each actor's node and a memory estimate, release it and exit",
+        help="connect to the cluster, reserve the layout, print each actor's node and a memory estimate, "
+        "release it and exit",
     )
     parser.add_argument(
         "--help-config", action="store_true", help="print every config key with its default and help, then exit"
@@ -130,7 +132,8 @@ def fit_prompts(cfg: JobConfig, model_path: str, train: list, evaluation: list) 
     for name, dropped in (("train", dropped_train), ("eval", dropped_eval)):
         if dropped:
             print(
-                f"data.{name}: dropped {dropped} problems whose prompts exceed model.max_prompt_tokens={cfg.model.max_prompt_tokens}"
+                f"data.{name}: dropped {dropped} problems whose prompts exceed "
+                f"model.max_prompt_tokens={cfg.model.max_prompt_tokens}"
             )
     if not train or not evaluation:
         raise DataError(

@@ -83,18 +83,16 @@ def collate(sequences: list[Sequence], index: list[int], pad_id: int, multiple: 
 
 def _behaviour(sequences: list[Sequence], keep: int) -> torch.Tensor | None:
     """Behaviour log-probs laid out like the loss mask (0 elsewhere), or None for on-policy ones."""
-    given = [s.behaviour_logprobs is not None for s in sequences]
-    if not any(given):
+    if all(s.behaviour_logprobs is None for s in sequences):
         return None
-    if not all(given):
-        raise ValueError("a micro-batch mixes on-policy sequences and off-policy ones (with behaviour log-probs)")
     out = torch.zeros((len(sequences), keep), dtype=torch.float32)
     for row, seq in enumerate(sequences):
-        if len(seq.behaviour_logprobs) != len(seq.completion):
-            raise ValueError(
-                f"{len(seq.behaviour_logprobs)} behaviour log-probs for {len(seq.completion)} completion tokens"
-            )
-        out[row, keep - len(seq.completion) :] = torch.tensor(seq.behaviour_logprobs, dtype=torch.float32)
+        logprobs = seq.behaviour_logprobs
+        if logprobs is None:
+            raise ValueError("a micro-batch mixes on-policy sequences and off-policy ones (with behaviour log-probs)")
+        if len(logprobs) != len(seq.completion):
+            raise ValueError(f"{len(logprobs)} behaviour log-probs for {len(seq.completion)} completion tokens")
+        out[row, keep - len(seq.completion) :] = torch.tensor(logprobs, dtype=torch.float32)
     return out
 
 

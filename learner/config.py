@@ -15,18 +15,26 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 class LoraConfig:
     stages: Literal["none", "sft", "all"] = option(
         "none",
-        "Which stages train a LoRA adapter (peft) instead of the full weights: 'none'; 'sft' = stage 1 only, merged into the base when it ends so that stages 2-3 train the full weights (the paper); 'all' = every stage (the base stays frozen throughout, and the KL reference is the model with its adapter disabled).",
+        "Which stages train a LoRA adapter (peft) instead of the full weights: 'none'; 'sft' = stage 1 "
+        "only, merged into the base when it ends so that stages 2-3 train the full weights (the paper); "
+        "'all' = every stage (the base stays frozen throughout, and the KL reference is the model with "
+        "its adapter disabled).",
     )
     rank: int = option(16, "Rank r of each adapter (paper: 16).")
     alpha: float = option(32.0, "Scale numerator: the update is (alpha / rank) * B @ A (paper: 32).")
     dropout: float = option(0.05, "Dropout on the adapter's input during training (paper: 0.05).")
     target_modules: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "o_proj"],
-        "Names of the linear layers that get an adapter (paper: the attention projections), or ['all-linear'] for every linear layer but the output head.",
+        "Names of the linear layers that get an adapter (paper: the attention projections), or "
+        "['all-linear'] for every linear layer but the output head.",
     )
     sync: Literal["merged", "adapter"] = option(
         "merged",
-        "What the rollout workers receive while an adapter trains: 'merged' = the plain weights W + (alpha/rank)·B·A, computed in fp32 from the untouched base at every sync; 'adapter' = the adapter alone (1-15 % of the bytes, always through the object store), served by vLLM's LoRA support, which generates 5-25x slower on vLLM-CPU (docs/performance.md). 'adapter' needs stages: all.",
+        "What the rollout workers receive while an adapter trains: 'merged' = the plain weights W + "
+        "(alpha/rank)·B·A, computed in fp32 from the untouched base at every sync; 'adapter' = the "
+        "adapter alone (1-15 % of the bytes, always through the object store), served by vLLM's LoRA "
+        "support, which generates 5-25x slower on vLLM-CPU (docs/performance.md). 'adapter' needs stages: "
+        "all.",
     )
 
     def __post_init__(self):
@@ -34,13 +42,15 @@ class LoraConfig:
             raise ValueError(f"learner.lora.rank must be at least 1, got {self.rank}")
         if self.rank > VLLM_LORA_RANKS[-1]:
             raise ValueError(
-                f"learner.lora.rank must be at most {VLLM_LORA_RANKS[-1]} (the largest rank vLLM serves), got {self.rank}"
+                f"learner.lora.rank must be at most {VLLM_LORA_RANKS[-1]} (the largest rank vLLM serves), "
+                f"got {self.rank}"
             )
         if not self.target_modules:
             raise ValueError("learner.lora.target_modules is empty: name the linear layers that get an adapter")
         if self.sync == "adapter" and self.stages != "all":
             raise ValueError(
-                "learner.lora.sync: adapter needs learner.lora.stages: all (a stage-1-only adapter is merged before the rollout workers next receive weights)"
+                "learner.lora.sync: adapter needs learner.lora.stages: all (a stage-1-only adapter is "
+                "merged before the rollout workers next receive weights)"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"learner.lora.dropout must be in [0, 1), got {self.dropout}")
@@ -58,7 +68,8 @@ class LearnerConfig:
     num_learners: int = option(1, "M: learner actors forming one ZeRO data-parallel group.")
     zero_stage: Literal[1, 2, 3] = option(
         2,
-        "DeepSpeed ZeRO stage (1 shards optimizer state, 2 also gradients, 3 also parameters); every stage skips an update whose gradient is not finite.",
+        "DeepSpeed ZeRO stage (1 shards optimizer state, 2 also gradients, 3 also parameters); every "
+        "stage skips an update whose gradient is not finite.",
     )
     max_nonfinite_updates: int = option(
         3, "Stop the run after this many updates in a row were skipped for a non-finite loss or gradient."
@@ -81,11 +92,16 @@ class LearnerConfig:
     )
     frozen_layers: int = option(
         0,
-        "Train only the decoder layers above the bottom N (and the output head): backward stops at layer N, so a step costs less (SmolLM2 on CPU, 15 of 30 frozen: 1.68x the tokens per second of a stage-1 step; python -m benchmarks.frozen); 0 = train every layer.",
+        "Train only the decoder layers above the bottom N (and the output head): backward stops at layer "
+        "N, so a step costs less (SmolLM2 on CPU, 15 of 30 frozen: 1.68x the tokens per second of a "
+        "stage-1 step; python -m benchmarks.frozen); 0 = train every layer.",
     )
     pad_to_multiple: int = option(
         1,
-        "Round every micro-batch's length, and the rows it computes logits for, up to a multiple of this (the extra positions are padding, masked out), so that the same few tensor shapes recur. Ever-new shapes fragment glibc's heap until malloc itself becomes a large share of a step over a long run (docs/performance.md); 1 = no rounding.",
+        "Round every micro-batch's length, and the rows it computes logits for, up to a multiple of this "
+        "(the extra positions are padding, masked out), so that the same few tensor shapes recur. "
+        "Ever-new shapes fragment glibc's heap until malloc itself becomes a large share of a step over a "
+        "long run (docs/performance.md); 1 = no rounding.",
     )
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory (slower).")
     torch_threads: int = option(
@@ -112,5 +128,6 @@ class LearnerConfig:
     def __post_init__(self):
         if self.lora.stages != "none" and self.frozen_layers:
             raise ValueError(
-                "learner.lora and learner.frozen_layers cannot be combined: an adapter already freezes the base (set frozen_layers: 0)"
+                "learner.lora and learner.frozen_layers cannot be combined: an adapter already freezes "
+                "the base (set frozen_layers: 0)"
             )

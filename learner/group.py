@@ -29,7 +29,7 @@ def combine(stats: list[dict[str, float]]) -> dict[str, float]:
     out["resident_gib"] = max(s["resident_gib"] for s in stats)
     for key in ("clip_fraction", "approx_kl_old", "kl", "entropy", "behaviour_weight"):
         if key in stats[0]:
-            out[key] = sum(s[key] * w for s, w in zip(stats, weights)) / total_weight
+            out[key] = sum(s[key] * w for s, w in zip(stats, weights, strict=True)) / total_weight
     return out
 
 

@@ -24,26 +24,35 @@ class GRPOConfig:
     clip_high: float = option(0.28, "epsilon_high: the ratio is clipped above at 1 + clip_high (DAPO's clip-higher).")
     kl_coef: float = option(
         0.0,
-        "beta for the k3 KL to a frozen reference model: the policy as stage 1 left it (a run resumed within stage 2 or 3 loads it from the stage-1 checkpoint; with a LoRA adapter in every stage: the base, adapter off); 0 builds no reference model.",
+        "beta for the k3 KL to a frozen reference model: the policy as stage 1 left it (a run resumed "
+        "within stage 2 or 3 loads it from the stage-1 checkpoint; with a LoRA adapter in every stage: "
+        "the base, adapter off); 0 builds no reference model.",
     )
     loss_aggregation: Literal["token_mean", "sequence_mean"] = option(
         "token_mean",
-        "'token_mean': every completion token weighs the same; 'sequence_mean': mean per sequence, then over sequences.",
+        "'token_mean': every completion token weighs the same; 'sequence_mean': mean per sequence, then "
+        "over sequences.",
     )
     policy_epochs: int = option(
         1, "Passes of the learner over each rollout batch (ratios differ from 1 after the first)."
     )
     skip_zero_advantage: bool = option(
         True,
-        "Leave sequences whose advantage is 0 (groups whose rewards are all equal) out of the learner's forward and backward: their policy gradient is 0 and the loss keeps the whole batch's normaliser, so the update is unchanged. Not applied when kl_coef > 0.",
+        "Leave sequences whose advantage is 0 (groups whose rewards are all equal) out of the learner's "
+        "forward and backward: their policy gradient is 0 and the loss keeps the whole batch's "
+        "normaliser, so the update is unchanged. Not applied when kl_coef > 0.",
     )
     overlap_rollout: bool = option(
         False,
-        "Generate the next step's groups while the learner updates on this step's: one-step off-policy (those groups come from the weights one update behind), corrected by the behaviour weight below. Pays off when rollout and learner have their own devices; on one CPU give each actor part of the cores (rollout.torch_threads, learner.torch_threads).",
+        "Generate the next step's groups while the learner updates on this step's: one-step off-policy "
+        "(those groups come from the weights one update behind), corrected by the behaviour weight below. "
+        "Pays off when rollout and learner have their own devices; on one CPU give each actor part of the "
+        "cores (rollout.torch_threads, learner.torch_threads).",
     )
     behaviour_weight_cap: float = option(
         2.0,
-        "Off-policy groups: each token's loss is weighted by pi_current / pi_behaviour (the sampling policy's probability, from vLLM), truncated at this value.",
+        "Off-policy groups: each token's loss is weighted by pi_current / pi_behaviour (the sampling "
+        "policy's probability, from vLLM), truncated at this value.",
     )
 
 

@@ -40,7 +40,8 @@ def check_frozen_layers(folder: str, count: int) -> None:
     layers = AutoConfig.from_pretrained(folder).num_hidden_layers
     if count < 0 or count >= layers:
         raise ModelError(
-            f"learner.frozen_layers={count} must be between 0 and {layers - 1}: the model at {folder} has {layers} decoder layers"
+            f"learner.frozen_layers={count} must be between 0 and {layers - 1}: the model at {folder} has "
+            f"{layers} decoder layers"
         )
 
 
@@ -58,7 +59,8 @@ def check_lora_targets(folder: str, lora) -> None:
     bad = unknown_targets(lora, model)
     if bad:
         raise ModelError(
-            f"learner.lora.target_modules: the model at {folder} has no linear layer named {', '.join(bad)} (it has {', '.join(sorted(linear_layer_names(model)))})"
+            f"learner.lora.target_modules: the model at {folder} has no linear layer named "
+            f"{', '.join(bad)} (it has {', '.join(sorted(linear_layer_names(model)))})"
         )
 
 

@@ -115,7 +115,9 @@ def broadcast_buckets(
                 flat = torch.cat([t.detach().reshape(-1).to(getattr(torch, dtype_name)) for t in tensors])
                 if verify:
                     chunks = torch.split(flat, bucket_sizes((dtype_name, entries)))
-                    digests.update((name, tensor_digest(chunk)) for (name, _), chunk in zip(entries, chunks))
+                    digests.update(
+                        (name, tensor_digest(chunk)) for (name, _), chunk in zip(entries, chunks, strict=True)
+                    )
                 try:
                     group.broadcast(flat)
                 except WeightGroupError as err:

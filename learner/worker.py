@@ -20,13 +20,13 @@ from datetime import timedelta
 import torch
 
 from cluster.devices import actor_device, assigned_gpus, process_group_backend
+from cluster.model_source import model_file, resolve_on_node
 from cluster.storage import StorageConfig, Store, is_uri, local_copy, upload_scratch
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
 from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
 from learner.host import free_address, resident_gib
 from learner.lora import attach, plain_state, scale_of
-from cluster.model_source import model_file, resolve_on_node
 from learner.models import freeze_bottom_layers
 from learner.weight_sender import WeightSender
 

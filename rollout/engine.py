@@ -198,5 +198,5 @@ def reload_packed(worker, weights: PackedWeights, verify: bool) -> dict[str, str
 def _completion(output, with_logprobs: bool) -> Completion:
     logprobs = None
     if with_logprobs and output.logprobs is not None:
-        logprobs = tuple(step[token].logprob for step, token in zip(output.logprobs, output.token_ids))
+        logprobs = tuple(step[token].logprob for step, token in zip(output.logprobs, output.token_ids, strict=True))
     return Completion(tuple(output.token_ids), output.text, logprobs, output.finish_reason or "")

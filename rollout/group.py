@@ -106,7 +106,7 @@ class RolloutGroup:
                 [pending.refs[i] for i in todo], self.cluster.call_timeout_s, what, [self.names[i] for i in todo]
             )
             pending.refs = {}
-            for i, out in zip(todo, outcomes):
+            for i, out in zip(todo, outcomes, strict=True):
                 if isinstance(out, ActorDied):
                     self._recover(i, what)
                     pending.refs[i] = self._call(pending, i)

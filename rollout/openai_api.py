@@ -123,7 +123,8 @@ class OpenAIServer:
         if max_tokens > room or room < 1:
             raise ApiError(
                 400,
-                f"the prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds the context of {self.engine.max_model_len} tokens",
+                f"the prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds the context of "
+                f"{self.engine.max_model_len} tokens",
                 "max_tokens",
                 "context_length_exceeded",
             )

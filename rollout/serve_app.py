@@ -39,7 +39,8 @@ class ServeConfig:
     seed: int = option(0, "Engine seed (sampled requests are not reproducible across runs unless they are greedy).")
     shutdown_timeout_s: float = option(
         3.0,
-        "When the server stops (Ctrl-C, SIGTERM): seconds a replica may spend finishing the requests it is running before its engine is stopped; their streams then end.",
+        "When the server stops (Ctrl-C, SIGTERM): seconds a replica may spend finishing the requests it "
+        "is running before its engine is stopped; their streams then end.",
     )
 
 
@@ -67,8 +68,8 @@ def build_app(model_path: str, cfg: ServeConfig):
     @serve.ingress(app)
     class StudentServer:
         def __init__(self, model_path: str, cfg: ServeConfig):
-            from cluster.storage import StorageConfig
             from cluster.model_source import model_file, resolve_on_node
+            from cluster.storage import StorageConfig
             from rollout.streaming import StreamingEngine
 
             # Each replica resolves the model on its own node (a checkpoint URI: model files only).

@@ -61,4 +61,7 @@ class WeightReceiver:
             sizes = bucket_sizes((dtype_name, entries))
             flat = torch.empty(sum(sizes), dtype=getattr(torch, dtype_name), device=group.device)
             group.broadcast(flat)
-            yield from ((name, chunk.view(shape)) for (name, shape), chunk in zip(entries, torch.split(flat, sizes)))
+            yield from (
+                (name, chunk.view(shape))
+                for (name, shape), chunk in zip(entries, torch.split(flat, sizes), strict=True)
+            )

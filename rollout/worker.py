@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from cluster.storage import StorageConfig
 from cluster.model_source import model_file, resolve_on_node
+from cluster.storage import StorageConfig
 from rollout.config import RolloutConfig
 from rollout.engine import Completion, RolloutEngine
 

@@ -149,7 +149,7 @@ def test_single_epoch_reuses_current_log_probs_as_old():
     loss_a, grads_a = gradients(True)
     loss_b, grads_b = gradients(False)
     assert loss_a == loss_b
-    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
 
 
 def test_with_signal_keeps_nonzero_advantages_and_tops_up_with_the_shortest():
@@ -197,5 +197,5 @@ def test_skipping_zero_advantage_sequences_leaves_the_gradient_unchanged():
 
     for how in ("token_mean", "sequence_mean"):
         full, skipped = gradients(how, seqs), gradients(how, with_signal(seqs, 1))
-        assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(full, skipped))
+        assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(full, skipped, strict=True))
         assert any(a.abs().sum() > 0 for a in full)

@@ -108,8 +108,8 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
         shared = train(*args, *pair, "cluster.weight_transport=auto", "rollout.gpu_memory_utilization=0.4")
         assert shared.returncode == 0, shared.stderr[-3000:]
         assert (
-            "weight transport: object_store (auto: fractional GPUs (cluster.gpus_per_learner=0.5, gpus_per_rollout=0.5) let two members"
-            in shared.stdout
+            "weight transport: object_store (auto: fractional GPUs (cluster.gpus_per_learner=0.5, "
+            "gpus_per_rollout=0.5) let two members" in shared.stdout
         )
         assert "at worst 1 learner and 1 engine share one GPU: 47.8 GiB of 80.0 GiB together" in shared.stdout
         refused = {
@@ -142,7 +142,8 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
         short = train(*args)
         errors = [line for line in short.stderr.splitlines() if line.startswith("error:")]
         assert short.returncode == 2 and errors == [
-            "error: the layout needs 8 GPUs but the Ray cluster has 7 (3 node(s)); lower learner.num_learners / rollout.num_workers or the cluster.*_per_* resources, or add nodes"
+            "error: the layout needs 8 GPUs but the Ray cluster has 7 (3 node(s)); lower "
+            "learner.num_learners / rollout.num_workers or the cluster.*_per_* resources, or add nodes"
         ], short.stderr[-2000:]
         assert "plan for" not in short.stdout
     finally:
@@ -280,7 +281,7 @@ def engine_matches_checkpoint(run_dir: Path, checkpoint: Path, label: str) -> in
         AutoTokenizer.from_pretrained(checkpoint), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template
     )
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    for problem, sample in zip(problems, samples):
+    for problem, sample in zip(problems, samples, strict=True):
         assert sample["question"] == problem.question
         ids = torch.tensor([prompter.prompt_ids(build_eval_task(problem))])
         out = model.generate(
@@ -401,7 +402,7 @@ def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir
         n.node_id: lbl for n, lbl in [(learner, "train"), (learner_again, "train"), *((r, "rollout") for r in rollout)]
     }
     placed = actor_nodes(cluster, "tiny")
-    assert {name for name in placed} >= {"learner-0", "learner-1", "rollout-0"}, placed
+    assert set(placed) >= {"learner-0", "learner-1", "rollout-0"}, placed
     for name, node_ids in placed.items():
         wanted = "train" if name.startswith("learner") else "rollout"
         assert all(labels[node] == wanted for node in node_ids), (name, node_ids)

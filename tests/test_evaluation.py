@@ -92,9 +92,8 @@ def test_evaluate_command_on_tiny_model(tiny_model_dir, tmp_path, s3_endpoint):
 
 
 def test_embedded_model_conversion(tmp_path):
-    from conftest import smollm2_gguf
-
     from cluster.model_source import _cache_is_valid, gguf_to_folder
+    from conftest import smollm2_gguf
 
     gguf = smollm2_gguf()
     if gguf is None:

@@ -18,8 +18,8 @@ from cluster.remote import RemoteCallError
 from curriculum.weight_sync import SyncCheckFailed, WeightSync
 from learner.batching import Sequence
 from learner.config import LearnerConfig
-from learner.grpo import GRPOConfig
 from learner.group import LearnerGroup
+from learner.grpo import GRPOConfig
 from learner.worker import LearnerWorker
 from rollout.config import RolloutConfig
 from rollout.group import RolloutGroup
@@ -192,7 +192,8 @@ def test_weight_sync_whose_peer_never_answers_times_out(trained_pair):
         start = time.monotonic()
         with pytest.raises(
             RemoteCallError,
-            match=r"timed out after 1 s waiting for rollout workers to load weight version 2 \(still waiting on rollout-0\)",
+            match=r"timed out after 1 s waiting for rollout workers to load weight version 2 \(still waiting on "
+            r"rollout-0\)",
         ):
             WeightSync(learners, rollout).sync(version=2)
         assert time.monotonic() - start < 30

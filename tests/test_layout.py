@@ -10,7 +10,7 @@ from cluster.placement import PlacementError, demands_for
 
 def nodes(*specs):
     return [
-        Node(f"{i:08x}" + "0" * 48, "10.0.0.%d" % i, {"CPU": c, "GPU": g}, labels)
+        Node(f"{i:08x}" + "0" * 48, f"10.0.0.{i}", {"CPU": c, "GPU": g}, labels)
         for i, (c, g, labels) in enumerate(specs, 1)
     ]
 
@@ -61,7 +61,8 @@ def test_labels_steer_and_per_node_room_counts():
     cluster.append(nodes((4, 0, {}))[0])
     with pytest.raises(
         LayoutError,
-        match=r"learner-2 needs CPU 1 on a node labelled pool=train, and no node has that left once .* \(free: 10.0.0.1/00000001 \[pool=train\]: CPU 0\)",
+        match=r"learner-2 needs CPU 1 on a node labelled pool=train, and no node has that left once .* \(free: "
+        r"10.0.0.1/00000001 \[pool=train\]: CPU 0\)",
     ):
         assign(demands, cluster, "PACK")
     # a bundle larger than any single node, though the total is there

@@ -20,8 +20,8 @@ from launch.job_config import JobConfig
 from learner import lora
 from learner.batching import Sequence
 from learner.config import LearnerConfig, LoraConfig
-from learner.grpo import GRPOConfig
 from learner.group import LearnerGroup
+from learner.grpo import GRPOConfig
 from rollout.config import RolloutConfig
 from rollout.group import RolloutGroup
 
@@ -180,7 +180,7 @@ def test_two_lora_learners_match_one_and_zero3_saves_the_live_adapter(ray_sessio
         runs.append((records, adapter))
     (one, adapter_one), (two, adapter_two), (three, adapter_three) = runs
     for other in (two, three):
-        for a, b in zip(one, other):
+        for a, b in zip(one, other, strict=True):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
             assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert one[1]["loss"] < one[0]["loss"] and one[2]["kl"] > 0  # trained, and away from the base

@@ -16,7 +16,7 @@ def test_pack_then_unpack_gives_back_every_tensor_bit_for_bit():
     assert packed.nbytes == sum(t.numel() * t.element_size() for t in tensors.values())
     out = unpack(packed)
     assert [name for name, _ in out] == list(tensors)
-    for (name, got), want in zip(out, tensors.values()):
+    for (name, got), want in zip(out, tensors.values(), strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want), name
 
 

@@ -109,7 +109,8 @@ def test_damaged_checkpoint_is_never_chosen(tmp_path):
     assert RunDir.find_latest(str(tmp_path), "r").latest_checkpoint() == good
     with pytest.raises(
         CheckpointError,
-        match=r"000004-grpo-step4 is damaged \(model.safetensors is damaged .*\); the newest complete one is .*000002-grpo-step2",
+        match=r"000004-grpo-step4 is damaged \(model.safetensors is damaged .*\); the newest complete one is "
+        r".*000002-grpo-step2",
     ):
         run.resume_checkpoint()  # --resume RUN_DIR says which file and which checkpoint instead
     (good / "state.json").write_text('{"stage": 2, "glob')

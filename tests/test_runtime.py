@@ -17,8 +17,8 @@ from cluster.weight_group import plan_buckets
 from curriculum.weight_sync import SyncCheckFailed, WeightSync
 from learner.batching import Sequence
 from learner.config import LearnerConfig
-from learner.grpo import GRPOConfig
 from learner.group import LearnerGroup
+from learner.grpo import GRPOConfig
 from rollout.config import RolloutConfig
 from rollout.group import RolloutGroup
 
@@ -134,7 +134,7 @@ def test_zero2_two_learners_match_one(ray_session, tiny_model_dir):
     # Same global batch, same normaliser: losses and gradient norms agree to fp32 rounding (1e-4
     # relative), and so do the weights after three AdamW steps of ~1e-3 each (5e-5 absolute: the
     # rounded shapes change the order of fp32 sums, and Adam scales a tiny gradient difference up).
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert one[1]["loss"] < one[0]["loss"]

@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,4 +28,4 @@ def test_never_above_peak_never_zero_and_never_rising_while_decaying(total, warm
     assert all(0.0 < r <= 1.0 for r in rates)
     decay_start = total - round(total * fraction)
     tail = rates[max(decay_start, warmup) :]
-    assert all(a >= b for a, b in zip(tail, tail[1:]))
+    assert all(a >= b for a, b in pairwise(tail))

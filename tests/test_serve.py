@@ -17,12 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import free_port
 from launch.serve import main as serve_main
 from launch.serve import start
 from rollout.config import RolloutConfig
 from rollout.serve_app import ServeConfig
-
-from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

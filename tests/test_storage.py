@@ -202,7 +202,7 @@ def test_bad_storage_is_refused_before_any_actor(capsys, monkeypatch, s3_endpoin
 
     server, endpoint = start_s3_server({"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
     try:
-        connect = dict(endpoint_url=endpoint, region_name="us-east-1")
+        connect = {"endpoint_url": endpoint, "region_name": "us-east-1"}
         boto3.client("s3", **connect).create_bucket(Bucket="locked")
         iam = boto3.client("iam", **connect)
         iam.create_user(UserName="reader")

@@ -11,7 +11,6 @@ import time
 import torch
 
 from cluster.weight_group import WeightGroup, WeightGroupError, wait_for
-
 from conftest import free_port
 
 NAMES = ["learner-0", "rollout-0", "rollout-1"]
