@@ -5,6 +5,11 @@ metrics agent drops a series once the emitter stops reporting it). A step can ta
 that, so the sink sets the current stage's gauges again every second: each series stays on the
 endpoint, with its last value, until the next training stage begins.
 
+Besides each record's own values, the gauges carry what alert rules need and PromQL cannot derive
+(launch/prometheus/rules.yml): `logged_at`, the time of the stage's last record (a trainer that
+stops logging has stalled), and `<key>_stage_start` for reward and accuracy, their mean over the
+stage's first few steps (a collapse is measured against it).
+
 On resume, what the interrupted run logged after its last checkpoint describes work that is done
 again: those JSONL records move to `metrics.interrupted.jsonl` and TensorBoard purges their steps,
 so that the curves follow the run that continues.
@@ -23,6 +28,8 @@ from pathlib import Path
 # Ray's agent keeps a gauge for 2x its report interval (at least 1 s) after it arrives: a value set
 # again every second is never dropped.
 GAUGE_REFRESH_S = 1.0
+# A stage's starting level of these is their mean over its first steps (`<key>_stage_start`).
+STAGE_START_KEYS, STAGE_START_STEPS = ("reward_mean", "accuracy"), 5
 
 
 def set_aside_after(run_dir: Path, since: float) -> int:
@@ -69,6 +76,7 @@ class MetricsSink:
         self.use_ray_metrics = use_ray_metrics
         self.gauges = {}
         self.live: dict[tuple[str, str], float] = {}  # (gauge, stage) -> the value kept on the endpoint
+        self.stage_start: dict[tuple[str, str], list[float]] = {}  # (stage, key) -> its first values
         self.live_lock, self.closing = threading.Lock(), threading.Event()
         self.refresher = threading.Thread(target=self._refresh, name="gauge-refresh", daemon=True)
 
@@ -86,6 +94,13 @@ class MetricsSink:
             if isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(f"{stage}/{key}", value, step)
                 self._gauge(key, value, stage)
+        self._gauge("logged_at", record["time"], stage)
+        for key in STAGE_START_KEYS:
+            first = self.stage_start.setdefault((stage, key), [])
+            if key in metrics and len(first) < STAGE_START_STEPS:
+                first.append(float(metrics[key]))
+                if len(first) == STAGE_START_STEPS:
+                    self._gauge(f"{key}_stage_start", sum(first) / len(first), stage)
         self.tensorboard.flush()
 
     def _gauge(self, key: str, value: float, stage: str) -> None:

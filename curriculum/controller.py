@@ -48,7 +48,7 @@ from curriculum.stages import (
     step_rng,
 )
 from curriculum.tasks import build_completion_task, build_rewrite_task, mask_ratio_at
-from curriculum.weight_sync import SyncResult, WeightSync
+from curriculum.weight_sync import SyncCheckFailed, SyncResult, WeightSync
 from learner.group import LearnerGroup
 from learner.schedule import sft_learning_rate
 from rollout.group import RolloutGroup
@@ -264,7 +264,12 @@ class Controller:
 
     def _sync(self, bump: bool = True) -> SyncResult:
         version = self.state.version + (1 if bump else 0)
-        result = self.weight_sync.sync(version)
+        try:
+            result = self.weight_sync.sync(version)
+        except SyncCheckFailed:
+            # The run stops; the record (and its gauge, for the alert rules) says why.
+            self.metrics.log(self.state.global_step, STAGE_NAMES[self.state.stage], {"sync_check_failed": 1.0})
+            raise
         self.state = dataclasses.replace(self.state, version=version)
         return result
 

@@ -56,15 +56,16 @@ GRPO_STAGES = {"grpo": ("stage 2", "-", "o"), "rewrite": ("stage 3", "--", "s")}
 
 
 def figure(records: list[dict], evaluations: dict[str, dict], title: str):
-    """The report's four panels as a matplotlib figure, outside pyplot's global state."""
+    """The report's panels as a matplotlib figure, outside pyplot's global state."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 7))
-    axes = fig.subplots(2, 2)
+    fig = Figure(figsize=(11, 10))
+    mosaic = fig.subplot_mosaic([["accuracy", "tokens"], ["training", "rollouts"], ["sampler", "sampler"]])
+    axes = [[mosaic["accuracy"], mosaic["tokens"]], [mosaic["training"], mosaic["rollouts"]]]
     labels = list(evaluations)
     for ax, key, scale, colour, heading, unit in (
-        (axes[0, 0], "eval_accuracy", 100, "tab:green", "eval accuracy, % (greedy)", "{:.1f} %"),
-        (axes[0, 1], "eval_mean_tokens", 1, "tab:orange", "eval mean generated tokens", "{:.0f}"),
+        (axes[0][0], "eval_accuracy", 100, "tab:green", "eval accuracy, % (greedy)", "{:.1f} %"),
+        (axes[0][1], "eval_mean_tokens", 1, "tab:orange", "eval mean generated tokens", "{:.0f}"),
     ):
         values = [scale * evaluations[k][key] for k in labels]
         bars = ax.bar(labels, values, color=colour)
@@ -81,17 +82,17 @@ def figure(records: list[dict], evaluations: dict[str, dict], title: str):
         ax.tick_params(axis="x", labelrotation=20)
     sft = [r for r in records if r["stage"] == "sft"]
     if sft:
-        axes[1, 0].plot([r["step"] for r in sft], [r["loss"] for r in sft], label="stage-1 SFT loss", color="tab:blue")
+        axes[1][0].plot([r["step"] for r in sft], [r["loss"] for r in sft], label="stage-1 SFT loss", color="tab:blue")
     twin = None
     for stage, (name, style, marker) in GRPO_STAGES.items():
         rows = [r for r in records if r["stage"] == stage]
         if not rows:
             continue
         x = [r["step"] for r in rows]
-        axes[1, 0].plot(
+        axes[1][0].plot(
             x, [r["reward_mean"] for r in rows], style, marker=marker, label=f"{name} GRPO reward mean", color="tab:red"
         )
-        axes[1, 1].plot(
+        axes[1][1].plot(
             x,
             [r["completion_tokens"] for r in rows],
             style,
@@ -99,24 +100,55 @@ def figure(records: list[dict], evaluations: dict[str, dict], title: str):
             label=f"{name} completion tokens",
             color="tab:orange",
         )
-        twin = twin or axes[1, 1].twinx()
+        twin = twin or axes[1][1].twinx()
         twin.plot(
             x, [r["accuracy"] for r in rows], style, marker=marker, label=f"{name} rollout accuracy", color="tab:green"
         )
     if twin is not None:
         # Each axis label takes its line's colour: two quantities on two scales.
         twin.set_ylabel("rollout accuracy", color="tab:green")
-        axes[1, 1].set_ylabel("completion tokens", color="tab:orange")
-        lines = axes[1, 1].get_lines() + twin.get_lines()
-        axes[1, 1].legend(lines, [line.get_label() for line in lines], loc="best", fontsize=7)
-    axes[1, 0].set_title("training curves")
-    axes[1, 0].legend(loc="best", fontsize=8)
-    axes[1, 1].set_title("GRPO rollouts: length and accuracy")
+        axes[1][1].set_ylabel("completion tokens", color="tab:orange")
+        lines = axes[1][1].get_lines() + twin.get_lines()
+        axes[1][1].legend(lines, [line.get_label() for line in lines], loc="best", fontsize=7)
+    sampler_panel(mosaic["sampler"], records)
+    axes[1][0].set_title("training curves")
+    axes[1][0].legend(loc="best", fontsize=8)
+    axes[1][1].set_title("GRPO rollouts: length and accuracy")
     for ax in axes[1]:
         ax.set_xlabel("step")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def sampler_panel(ax, records: list[dict]) -> None:
+    """KL(sampler || learner) on the sampled tokens per GRPO step, on a log scale: numerical noise
+    when the engines run the learner's weights, orders of magnitude more when they do not."""
+    for stage, (name, style, marker) in GRPO_STAGES.items():
+        rows = [r for r in records if r["stage"] == stage and "sampler_kl" in r]
+        if rows:
+            x = [r["step"] for r in rows]
+            ax.plot(
+                x,
+                [max(r["sampler_kl"], 1e-12) for r in rows],
+                style,
+                marker=marker,
+                label=f"{name} KL",
+                color="tab:purple",
+            )
+            ax.plot(
+                x,
+                [max(r["sampler_mismatch"], 1e-12) for r in rows],
+                style,
+                marker=marker,
+                label=f"{name} mean |diff|",
+                color="tab:gray",
+            )
+    if ax.get_lines():
+        ax.set_yscale("log")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_title("rollout engine vs learner: log-probs of the sampled tokens (stale weights jump)")
+    ax.set_xlabel("step")
 
 
 def write_report(run_dir: Path) -> dict:

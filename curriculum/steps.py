@@ -67,6 +67,7 @@ def sft_step(tasks: list[Task], prompter: Prompter, learners, lr: float) -> dict
         "learner_s": stats["seconds"],
         "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
         "learner_resident_gib": stats["resident_gib"],
+        "learner_memory_fraction": stats["memory_fraction"],
     }
 
 
@@ -194,7 +195,7 @@ def grpo_update(
     off_policy = batch.version != version
     sequences = _trim(
         [
-            Sequence(p, list(c.token_ids), a, c.logprobs if off_policy else None)
+            Sequence(p, list(c.token_ids), a, c.logprobs, off_policy)
             for p, c, a in zip(prompt_of, flat, advantages.tolist(), strict=True)
             if c.token_ids
         ],
@@ -205,10 +206,10 @@ def grpo_update(
     stats = learners.grpo_step(sequences)
     following = finish_rollouts(ahead, rollout) if ahead is not None else None
     if stats["skipped"]:  # the weights did not change: the workers already have them
-        sync_s, sync_bytes, new_version = 0.0, 0, version
+        sync_s, sync_bytes, new_version, checked = 0.0, 0, version, False
     else:
         result = sync()
-        sync_s, sync_bytes, new_version = result.seconds, result.bytes, result.version
+        sync_s, sync_bytes, new_version, checked = result.seconds, result.bytes, result.version, result.verified
     grouped = reward_tensor.view(-1, group_size)
     metrics = {
         "reward_mean": reward_tensor.mean().item(),
@@ -229,6 +230,8 @@ def grpo_update(
         "entropy": stats.get("entropy", 0.0),
         "policy_lag": version - batch.version,
         "behaviour_weight": stats["behaviour_weight"],
+        # The engine's log-probs of what it sampled against the learner's, before the update.
+        **{key: stats[key] for key in ("sampler_mismatch", "sampler_kl") if key in stats},
         "learner_sequences": stats["learner_sequences"],
         "prompts_skipped": batch.skipped,
         "generate_s": batch.generate_s,
@@ -237,10 +240,12 @@ def grpo_update(
         "rollout_wait_s": batch.waited_s + (following.waited_s if following else 0.0),
         "sync_s": sync_s,
         "sync_bytes": sync_bytes,
+        "sync_checked": float(checked),
         "weight_version": new_version,
         "rollout_tokens_per_s": sum(lengths) / max(1e-9, batch.generate_s),
         "learner_tokens_per_s": stats["tokens"] / max(1e-9, stats["seconds"]),
         "learner_resident_gib": stats["resident_gib"],
+        "learner_memory_fraction": stats["memory_fraction"],
     }
     # Its wait was spent (and logged) in this step, not the next.
     return metrics, dataclasses.replace(following, waited_s=0.0) if following else None

@@ -21,8 +21,11 @@ class Sequence:
     prompt: list[int]
     completion: list[int]
     advantage: float = 0.0
-    # Off-policy groups: log-prob of each completion token under the policy that sampled it.
-    behaviour_logprobs: tuple[float, ...] | None = None
+    # GRPO: log-prob of each completion token under the engine that sampled it (vLLM's), when known.
+    sampler_logprobs: tuple[float, ...] | None = None
+    # Sampled by weights older than the learner's (one-step off-policy): the sampler's log-probs then
+    # weight the loss (pi_old / pi_sampler); on-policy they only measure the engine's agreement.
+    off_policy: bool = False
 
 
 @dataclass
@@ -34,7 +37,13 @@ class MicroBatch:
     loss_mask: torch.Tensor  # [B, keep]: 1.0 on completion tokens
     advantages: torch.Tensor  # [B]
     index: list[int]  # positions of these sequences in the caller's list
-    behaviour_log_probs: torch.Tensor | None = None  # [B, keep], aligned with targets; None = on-policy
+    sampler_log_probs: torch.Tensor | None = None  # [B, keep], aligned with targets; None = not known
+    off_policy: bool = False  # the sampler's log-probs are the behaviour policy's (they weight the loss)
+
+    @property
+    def behaviour_log_probs(self) -> torch.Tensor | None:
+        """The behaviour policy's log-probs of off-policy sequences; None on-policy."""
+        return self.sampler_log_probs if self.off_policy else None
 
     @property
     def keep(self) -> int:
@@ -77,21 +86,31 @@ def collate(sequences: list[Sequence], index: list[int], pad_id: int, multiple: 
         loss_mask,
         advantages,
         index,
-        _behaviour(sequences, keep),
+        _sampler(sequences, keep),
+        _off_policy(sequences),
     )
 
 
-def _behaviour(sequences: list[Sequence], keep: int) -> torch.Tensor | None:
-    """Behaviour log-probs laid out like the loss mask (0 elsewhere), or None for on-policy ones."""
-    if all(s.behaviour_logprobs is None for s in sequences):
+def _off_policy(sequences: list[Sequence]) -> bool:
+    if len({s.off_policy for s in sequences}) > 1:
+        raise ValueError("a micro-batch mixes on-policy sequences and off-policy ones")
+    return sequences[0].off_policy
+
+
+def _sampler(sequences: list[Sequence], keep: int) -> torch.Tensor | None:
+    """The sampler's log-probs laid out like the loss mask (0 elsewhere), or None when not known.
+    Off-policy sequences must carry them (they weight the loss)."""
+    if all(s.sampler_logprobs is None for s in sequences):
+        if any(s.off_policy for s in sequences):
+            raise ValueError("off-policy sequences need the sampler's log-probs")
         return None
     out = torch.zeros((len(sequences), keep), dtype=torch.float32)
     for row, seq in enumerate(sequences):
-        logprobs = seq.behaviour_logprobs
+        logprobs = seq.sampler_logprobs
         if logprobs is None:
-            raise ValueError("a micro-batch mixes on-policy sequences and off-policy ones (with behaviour log-probs)")
+            raise ValueError("a micro-batch mixes sequences with the sampler's log-probs and without")
         if len(logprobs) != len(seq.completion):
-            raise ValueError(f"{len(logprobs)} behaviour log-probs for {len(seq.completion)} completion tokens")
+            raise ValueError(f"{len(logprobs)} sampler log-probs for {len(seq.completion)} completion tokens")
         out[row, keep - len(seq.completion) :] = torch.tensor(logprobs, dtype=torch.float32)
     return out
 

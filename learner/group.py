@@ -27,7 +27,16 @@ def combine(stats: list[dict[str, float]]) -> dict[str, float]:
     out["tokens"] = sum(s["tokens"] for s in stats)
     out["seconds"] = max(s["seconds"] for s in stats)
     out["resident_gib"] = max(s["resident_gib"] for s in stats)
-    for key in ("clip_fraction", "approx_kl_old", "kl", "entropy", "behaviour_weight"):
+    out["memory_fraction"] = max(s["memory_fraction"] for s in stats)
+    for key in (
+        "clip_fraction",
+        "approx_kl_old",
+        "kl",
+        "entropy",
+        "behaviour_weight",
+        "sampler_mismatch",
+        "sampler_kl",
+    ):
         if key in stats[0]:
             out[key] = sum(s[key] * w for s, w in zip(stats, weights, strict=True)) / total_weight
     return out

@@ -141,6 +141,20 @@ def kl_k3(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1.0
 
 
+def sampler_mismatch(log_probs: torch.Tensor, sampler_log_probs: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the engine that sampled the tokens is from the learner on them, before the update:
+    the mean absolute difference of their log-probs, and the k3 estimate of KL(sampler || learner)
+    (the tokens were drawn by the sampler; NeMo-RL's `gen_kl_error`). With the same weights both
+    are the numerical noise of two implementations (about 1e-7 in fp32); stale weights in the
+    engine (a sync that did not land) raise them by orders of magnitude."""
+    # In float64: with the same weights k3 is about d^2 / 2 with d ~ 1e-7, which float32 rounds to 0.
+    log_probs, sampler_log_probs = log_probs.detach().double(), sampler_log_probs.detach().double()
+    return {
+        "sampler_mismatch": masked_mean((log_probs - sampler_log_probs).abs(), mask).item(),
+        "sampler_kl": masked_mean(kl_k3(sampler_log_probs, log_probs), mask).item(),
+    }
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
     total = (values * mask).sum()
     return total / (denominator if denominator is not None else mask.sum().clamp(min=1.0))

@@ -61,6 +61,36 @@ def plain_state(tensors: dict[str, torch.Tensor], scale: float) -> dict[str, tor
     }
 
 
+def tied_aliases(module: torch.nn.Module) -> dict[str, str]:
+    """Every further name of a parameter shared under several names (a tied output head) -> its
+    first name (the input embedding)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
+def sync_plan(module: torch.nn.Module) -> dict[str, list[str]]:
+    """What a weight sync sends: `export_plan` of the module's parameters, and a tied output head
+    again under its own name. vLLM-CPU repacks the head at start-up, after which it no longer
+    follows the embedding: a reload that carries only the embedding leaves the engine sampling
+    from the old head (it logs `ParallelLMHead: Failed to load weights`)."""
+    plan = export_plan([name for name, _ in module.named_parameters()])
+    for alias, name in tied_aliases(module).items():
+        plan[alias.removeprefix(PREFIX)] = plan[name.removeprefix(PREFIX)]
+    return plan
+
+
+def sync_state(module: torch.nn.Module, scale: float) -> dict[str, torch.Tensor]:
+    """The tensors of `sync_plan` (parameters present in full, e.g. gathered)."""
+    params = dict(module.named_parameters())
+    return {plain: plain_tensor([params[s] for s in sources], scale) for plain, sources in sync_plan(module).items()}
+
+
 def adapter_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adapter's tensors named as in peft's saved `adapter_model.safetensors` (and as vLLM reads them)."""
     return {

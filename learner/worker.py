@@ -24,8 +24,8 @@ from cluster.model_source import model_file, resolve_on_node
 from cluster.storage import StorageConfig, Store, is_uri, local_copy, upload_scratch
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
-from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sft_loss, token_log_probs
-from learner.host import free_address, resident_gib
+from learner.grpo import GRPOConfig, entropy_from_logits, grpo_loss, sampler_mismatch, sft_loss, token_log_probs
+from learner.host import free_address, memory_fraction, resident_gib
 from learner.lora import attach, plain_state, scale_of
 from learner.models import freeze_bottom_layers
 from learner.weight_sender import WeightSender
@@ -210,6 +210,7 @@ class LearnerWorker(WeightSender):
             "tokens": tokens,
             "seconds": time.perf_counter() - start,
             "resident_gib": resident_gib(),
+            "memory_fraction": memory_fraction(self.device),
         }
 
     def grpo_step(self, sequences: list[Sequence], normalizer: float) -> dict[str, float]:
@@ -235,12 +236,20 @@ class LearnerWorker(WeightSender):
         self.engine.train()
         per_sequence = self.grpo.loss_aggregation == "sequence_mean"
         sums = dict.fromkeys(("clip_fraction", "approx_kl_old", "kl", "entropy", "behaviour_weight", "tokens"), 0.0)
+        # The engine's log-probs against the learner's, before the first update (cluster: stale weights).
+        sampled = dict.fromkeys(("sampler_mismatch", "sampler_kl", "tokens"), 0.0)
         losses, norms, skipped = [], [], 0
 
-        def loss_of(i: int, batch: MicroBatch) -> torch.Tensor:
+        def loss_of(i: int, batch: MicroBatch, first_epoch: bool) -> torch.Tensor:
             logits = self._logits(self.engine, batch)
             mask = batch.loss_mask.to(self.device)
             log_probs = token_log_probs(logits, batch.targets.to(self.device))
+            if first_epoch and batch.sampler_log_probs is not None:
+                before = log_probs if old is None else old[i].to(self.device)
+                tokens = mask.sum().item()
+                for key, value in sampler_mismatch(before, batch.sampler_log_probs.to(self.device), mask).items():
+                    sampled[key] += value * tokens
+                sampled["tokens"] += tokens
             behaviour = batch.behaviour_log_probs
             loss, stats = grpo_loss(
                 log_probs,
@@ -262,13 +271,15 @@ class LearnerWorker(WeightSender):
             # DeepSpeed averages gradients over ranks; undo that to keep the global normaliser.
             return loss * self.world_size
 
-        for _ in range(self.grpo.policy_epochs):
-            loss, norm, applied = self._optimizer_step(batches, loss_of)
+        for epoch in range(self.grpo.policy_epochs):
+            loss, norm, applied = self._optimizer_step(batches, lambda i, b, first=epoch == 0: loss_of(i, b, first))
             losses.append(loss)
             norms.append(norm)
             skipped += not applied
         weight = max(1.0, sums.pop("tokens"))
         result = {key: value / weight for key, value in sums.items()}
+        if sampled["tokens"]:
+            result.update({key: sampled[key] / sampled["tokens"] for key in ("sampler_mismatch", "sampler_kl")})
         result.update(
             completion_tokens=weight,
             loss=sum(losses) / len(losses),
@@ -277,6 +288,7 @@ class LearnerWorker(WeightSender):
             tokens=sum(len(s.prompt) + len(s.completion) for s in sequences) * self.grpo.policy_epochs,
             seconds=time.perf_counter() - start,
             resident_gib=resident_gib(),
+            memory_fraction=memory_fraction(self.device),
         )
         return result
 

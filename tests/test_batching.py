@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -43,17 +45,21 @@ def test_any_multiple_keeps_every_target_token_once(shapes, size, multiple):
             assert batch.targets[row][batch.loss_mask[row].bool()].tolist() == sequences[i].completion
 
 
-def test_behaviour_log_probs_are_laid_out_like_the_loss_mask():
-    batch = collate(
-        [Sequence([1, 2, 3], [4, 5], 1.0, (-0.5, -1.5)), Sequence([6], [7, 8, 9], 1.0, (-1.0, -2.0, -3.0))],
-        [0, 1],
-        pad_id=0,
-    )
-    assert batch.behaviour_log_probs.tolist() == [[0.0, -0.5, -1.5], [-1.0, -2.0, -3.0]]
-    assert collate([Sequence([1], [2])], [0], pad_id=0).behaviour_log_probs is None
-    with pytest.raises(ValueError, match="mixes on-policy"):
+def test_sampler_log_probs_are_laid_out_like_the_loss_mask_and_weight_only_off_policy():
+    sequences = [Sequence([1, 2, 3], [4, 5], 1.0, (-0.5, -1.5)), Sequence([6], [7, 8, 9], 1.0, (-1.0, -2.0, -3.0))]
+    batch = collate(sequences, [0, 1], pad_id=0)
+    assert batch.sampler_log_probs.tolist() == [[0.0, -0.5, -1.5], [-1.0, -2.0, -3.0]]
+    assert batch.behaviour_log_probs is None  # on-policy: they only measure the engine's agreement
+    off = collate([dataclasses.replace(s, off_policy=True) for s in sequences], [0, 1], pad_id=0)
+    assert torch.equal(off.behaviour_log_probs, batch.sampler_log_probs)
+    assert collate([Sequence([1], [2])], [0], pad_id=0).sampler_log_probs is None
+    with pytest.raises(ValueError, match="mixes sequences with the sampler's log-probs and without"):
         collate([Sequence([1], [2], 1.0, (-0.1,)), Sequence([1], [2])], [0, 1], pad_id=0)
-    with pytest.raises(ValueError, match="1 behaviour log-probs for 2"):
+    with pytest.raises(ValueError, match="mixes on-policy sequences and off-policy ones"):
+        collate([Sequence([1], [2], 1.0, (-0.1,), True), Sequence([1], [2], 1.0, (-0.1,))], [0, 1], pad_id=0)
+    with pytest.raises(ValueError, match="off-policy sequences need the sampler's log-probs"):
+        collate([Sequence([1], [2], off_policy=True)], [0], pad_id=0)
+    with pytest.raises(ValueError, match="1 sampler log-probs for 2"):
         collate([Sequence([1], [2, 3], 1.0, (-0.1,))], [0], pad_id=0)
 
 

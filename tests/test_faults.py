@@ -200,3 +200,31 @@ def test_weight_sync_whose_peer_never_answers_times_out(trained_pair):
     finally:
         rollout.cluster = CLUSTER
         ray.get(busy)
+
+
+def test_a_skipped_sync_shows_in_the_sampler_mismatch(trained_pair):
+    """The engine's log-probs of its own samples against the learner's: numerical noise while the
+    engine runs the learner's weights, orders of magnitude more once an update was not synced (the
+    sync skipped on purpose: the learner trains and nothing is pushed). Runs last: it moves the
+    learner away from the weights the other tests expect."""
+    learners, rollout, prompt, _ = trained_pair
+
+    def grpo_on_fresh_samples():
+        groups, _, _ = rollout.generate([prompt, prompt[:6]], 4, 1.0, 24, seed=5)
+        sequences = [
+            Sequence(p, list(c.token_ids), (-1.0) ** i, c.logprobs)
+            for p, group in ((prompt, groups[0]), (prompt[:6], groups[1]))
+            for i, c in enumerate(group)
+            if c.token_ids
+        ]
+        return learners.grpo_step(sequences)
+
+    synced = grpo_on_fresh_samples()
+    learners.sft_step([Sequence(prompt, [1000 + i for i in range(12)])] * 4)  # an update the workers never get
+    stale = grpo_on_fresh_samples()
+    print(
+        f"sampler KL: synced {synced['sampler_kl']:.2e} (mean |diff| {synced['sampler_mismatch']:.2e}); "
+        f"one unsynced update {stale['sampler_kl']:.2e} (mean |diff| {stale['sampler_mismatch']:.2e})"
+    )
+    assert synced["sampler_kl"] < 1e-6  # fp32 on both sides
+    assert stale["sampler_kl"] > 1000 * max(synced["sampler_kl"], 1e-9)

@@ -11,6 +11,7 @@ from learner.grpo import (
     group_advantages,
     grpo_loss,
     kl_k3,
+    sampler_mismatch,
     sft_loss,
     token_log_probs,
 )
@@ -48,6 +49,19 @@ def test_grpo_loss_by_hand_token_mean():
     expected = torch.tensor([[0.0, 1.5], [-0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]) / 7
     assert torch.allclose(log_probs.grad, expected, atol=1e-5)
     assert old.grad is None  # no gradient through the behaviour policy
+
+
+def test_sampler_mismatch_by_hand():
+    learner = torch.tensor([[math.log(0.5), math.log(0.2), 0.0]])
+    sampler = torch.tensor([[math.log(0.25), math.log(0.2), -5.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding
+    stats = sampler_mismatch(learner, sampler, mask)
+    # |log 0.5 - log 0.25| = log 2 on one token, 0 on the other
+    assert stats["sampler_mismatch"] == pytest.approx(math.log(2) / 2)
+    # k3 of KL(sampler || learner) with r = learner / sampler = 2: (2 - 1) - log 2, and 0
+    assert stats["sampler_kl"] == pytest.approx((1 - math.log(2)) / 2)
+    same = sampler_mismatch(sampler, sampler.clone(), mask)
+    assert same == {"sampler_mismatch": 0.0, "sampler_kl": 0.0}
 
 
 def test_behaviour_weights_by_hand():

@@ -100,6 +100,20 @@ def test_export_plan_without_an_adapter_is_the_identity():
     assert lora.export_plan(names) == {name: [name] for name in names}
 
 
+@pytest.mark.parametrize("adapted", [False, True])
+def test_a_sync_sends_the_tied_head_under_its_own_name(adapted):
+    """vLLM-CPU repacks a tied output head at start-up and does not tie it again on a reload."""
+    model = _tiny_llama()
+    if adapted:
+        model = lora.attach(model, LoraConfig(stages="all", target_modules=["q_proj"]))
+    assert set(lora.tied_aliases(model)) == {("base_model.model." if adapted else "") + "lm_head.weight"}
+    plan = lora.sync_plan(model)
+    assert plan["lm_head.weight"] == plan["model.embed_tokens.weight"]
+    state = lora.sync_state(model, 2.0)
+    assert torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
+    assert "model.layers.0.self_attn.q_proj.weight" in state and not any("lora_" in name for name in state)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

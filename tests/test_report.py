@@ -23,7 +23,16 @@ def _records():
     ]
     sft = [{"stage": "sft", "step": s, "loss": 1.0 / s} for s in range(1, 4)]
     grpo = [
-        {"stage": "grpo", "step": s, "reward_mean": -1.5, "completion_tokens": 90.0, "accuracy": 0.03} for s in (4, 5)
+        {
+            "stage": "grpo",
+            "step": s,
+            "reward_mean": -1.5,
+            "completion_tokens": 90.0,
+            "accuracy": 0.03,
+            "sampler_kl": kl,
+            "sampler_mismatch": 10 * kl,
+        }
+        for s, kl in ((4, 2e-8), (5, 3e-3))
     ]
     rewrite = [{"stage": "rewrite", "step": 6, "reward_mean": 0.2, "completion_tokens": 60.0, "accuracy": 0.69}]
     return evals + sft + grpo + rewrite
@@ -40,7 +49,7 @@ def test_bars_say_their_value_and_slice_size():
 def test_stage_2_and_stage_3_rollouts_are_separate_series():
     records = _records()
     fig = figure(records, {r["label"]: r for r in records if r["stage"] == "eval"}, "run")
-    curves, lengths, accuracy = fig.axes[2], fig.axes[3], fig.axes[4]
+    curves, lengths, sampler, accuracy = fig.axes[2:6]
     assert [line.get_label() for line in curves.get_lines()] == [
         "stage-1 SFT loss",
         "stage 2 GRPO reward mean",
@@ -53,6 +62,9 @@ def test_stage_2_and_stage_3_rollouts_are_separate_series():
         "stage 2 rollout accuracy": [4, 5],
         "stage 3 rollout accuracy": [6],
     }
+    # The sampler's agreement with the learner, on a log scale (stage 3's records here have none).
+    assert [line.get_label() for line in sampler.get_lines()] == ["stage 2 KL", "stage 2 mean |diff|"]
+    assert sampler.get_yscale() == "log" and list(sampler.get_lines()[0].get_ydata()) == [2e-8, 3e-3]
     assert fig.texts[0].get_text() == "run"
 
 
