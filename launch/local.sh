@@ -12,6 +12,8 @@ RAY="$ROOT/.venv/bin/ray"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 started=0
+# The dashboard's Metrics tab reads Prometheus here once `python -m launch.monitor` runs.
+export RAY_PROMETHEUS_HOST="${RAY_PROMETHEUS_HOST:-http://127.0.0.1:9090}"
 if ! "$RAY" status >/dev/null 2>&1; then
   "$RAY" start --head --dashboard-host=127.0.0.1 --dashboard-port=8265 --num-cpus="$(nproc)" --disable-usage-stats >/dev/null
   started=1
