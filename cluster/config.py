@@ -73,6 +73,12 @@ class ClusterConfig:
         "error naming it.",
     )
     sync_timeout_s: float = option(300.0, "Seconds a weight sync to the rollout workers may take.")
+    socket_ifname: str = option(
+        "",
+        "Network interface every actor's collectives use (GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME), "
+        "e.g. 'eth0' where every node names its cluster network alike; '' = the interface that holds "
+        "each node's Ray address (a host name that resolves to another network is not trusted).",
+    )
     verify_sync_every: int = option(
         20,
         "Check that every rollout worker received exactly the learner's weights (a digest of each tensor, "

@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster.config import ClusterConfig
 from cluster.devices import DeviceError, check_learner_gpus, hidden_gpus_env
 from cluster.layout import Demand, LayoutError, Node, assign
+from cluster.network import configured_env
 
 
 class PlacementError(RuntimeError):
@@ -127,7 +128,7 @@ class Placement:
             if role == "learner"
             else (cfg.cpus_per_rollout, cfg.gpus_per_rollout)
         )
-        env = {**hidden_gpus_env(gpus), **(env or {})}
+        env = {**hidden_gpus_env(gpus), **configured_env(cfg.socket_ifname), **(env or {})}
         options = {
             "name": f"{run}/{role}-{index}",
             "num_cpus": cpus,

@@ -19,6 +19,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from cluster.network import collective_address
+
 # A bucket: (dtype name, [(parameter name, shape), ...]) in the order the learner packs them.
 BucketMeta = tuple[str, list[tuple[str, tuple[int, ...]]]]
 
@@ -65,15 +67,21 @@ class WeightGroup:
                 f"{names[rank]} could not reach the weight group's store at {host}:{port}: {err}"
             ) from None
         self._await_members(timeout_s)
-        if device.type == "cuda":
-            self.comm = nccl_communicator(self.store, rank, world_size, device, names[rank])
-        else:
-            self.comm = dist.ProcessGroupGloo(dist.PrefixStore("gloo", self.store), rank, world_size, timeout)
+        try:
+            if device.type == "cuda":
+                self.comm = nccl_communicator(self.store, rank, world_size, device, names[rank])
+            else:
+                self.comm = dist.ProcessGroupGloo(dist.PrefixStore("gloo", self.store), rank, world_size, timeout)
+        except (RuntimeError, TimeoutError) as err:  # a member whose endpoint the others cannot reach
+            where = ", ".join(f"{n} at {self.store.get(f'joined/{r}').decode()}" for r, n in enumerate(names))
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise WeightGroupError(f"{names[rank]}: the weight group did not connect ({where}): {first}") from None
 
     def _await_members(self, timeout_s: float) -> None:
         """Every member announces itself, then waits for the others: a member that never comes
         is named here instead of leaving everyone blocked inside the communicator's set-up."""
-        self.store.set(f"joined/{self.rank}", "1")
+        # Each member says where its endpoint will be, for the message of a group that cannot connect.
+        self.store.set(f"joined/{self.rank}", collective_address())
         keys = [f"joined/{r}" for r in range(len(self.names))]
         try:
             self.store.wait(keys, timedelta(seconds=timeout_s))

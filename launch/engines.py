@@ -44,10 +44,11 @@ def open_rollout(model_path: str, cfg: RolloutConfig, workers: int, name: str, s
     import ray
 
     from cluster.config import ClusterConfig
+    from cluster.connect import join
     from cluster.placement import place
     from rollout.group import RolloutGroup
 
-    ray.init(address=None, dashboard_host="127.0.0.1")
+    join(None, dashboard_host="127.0.0.1")
     gpus = cfg.tensor_parallel_size if ray.cluster_resources().get("GPU", 0) else 0
     cluster = ClusterConfig(gpus_per_rollout=gpus)
     placement = place(0, workers, cluster, cfg.tensor_parallel_size)

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 
+from cluster.connect import ClusterUnreachable, join
 from cluster.model_source import ModelError, resolve_model
 from cluster.storage import is_uri
 from cluster.typed_config import ConfigError, describe, load_config
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    ray.init(address=None, dashboard_host="127.0.0.1")
+    try:
+        join(None, dashboard_host="127.0.0.1")
+    except ClusterUnreachable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     url = start(args.model if is_uri(args.model) else model_path, cfg)
     print(f"serving {args.model} as '{cfg.name}' at {url} (Ctrl-C stops)")
     print(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cluster.connect import ClusterUnreachable
 from cluster.model_source import ModelError
 from curriculum.answers import count_words
 from curriculum.data import DataError
@@ -166,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             tensor_parallel_size=args.tensor_parallel,
             max_model_len=args.max_prompt_tokens + args.max_new_tokens,
         )
-        rollout = open_rollout(model_path, cfg, args.workers, "teacher", args.seed)
+        try:
+            rollout = open_rollout(model_path, cfg, args.workers, "teacher", args.seed)
+        except ClusterUnreachable as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         start = time.perf_counter()
         with tqdm(total=len(todo), desc="teacher", unit="problem", disable=not sys.stderr.isatty()) as bar:
             for first in range(0, len(todo), args.chunk):

@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cluster.connect import ClusterUnreachable, join
 from cluster.model_source import ModelError, resolve_model
 from cluster.placement import PlacementError, check_layout
 from cluster.remote import RemoteCallError
@@ -63,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def init_ray(cfg: JobConfig) -> None:
     """'auto': join the cluster of RAY_ADDRESS or `ray start`, else start one here; 'local': always
-    start one here (without the dashboard); anything else is a cluster address."""
+    start one here (without the dashboard); anything else is a cluster address. A cluster named
+    that does not answer is a ClusterUnreachable naming it (cluster/connect.py)."""
     import ray
 
     resources = {"num_cpus": cfg.cluster.num_cpus} if cfg.cluster.num_cpus else {}
@@ -71,11 +73,7 @@ def init_ray(cfg: JobConfig) -> None:
         ray.init(address="local", include_dashboard=False, **resources)
     else:
         # A Ray started here keeps its dashboard on loopback; joining a cluster keeps its own settings.
-        ray.init(
-            address=None if cfg.cluster.address == "auto" else cfg.cluster.address,
-            dashboard_host="127.0.0.1",
-            **resources,
-        )
+        join(cfg.cluster.address, dashboard_host="127.0.0.1", **resources)
 
 
 def prepare(args: argparse.Namespace):
@@ -152,10 +150,10 @@ def show_plan(args: argparse.Namespace) -> int:
     except (ConfigError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    init_ray(cfg)
     try:
+        init_ray(cfg)
         text, problem = plan(cfg, shape, cfg.model.path)
-    except PlacementError as err:
+    except (PlacementError, ClusterUnreachable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(text)
@@ -179,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from curriculum.controller import Controller
 
-    init_ray(cfg)
     try:
+        init_ray(cfg)
         check_layout(cfg.learner.num_learners, cfg.rollout.num_workers, cfg.cluster, cfg.rollout.tensor_parallel_size)
-    except PlacementError as err:
+    except (PlacementError, ClusterUnreachable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if run is None:

@@ -21,6 +21,7 @@ import torch
 
 from cluster.devices import actor_device, assigned_gpus, process_group_backend
 from cluster.model_source import model_file, resolve_on_node
+from cluster.network import pin_collectives
 from cluster.storage import StorageConfig, Store, is_uri, local_copy, upload_scratch
 from learner.batching import MicroBatch, Sequence, micro_batches
 from learner.config import LearnerConfig
@@ -48,6 +49,7 @@ class LearnerWorker(WeightSender):
         torch.set_num_threads(cfg.torch_threads)
         # The GPU Ray gave this actor, if any (a GPU node's other GPUs are not this rank's).
         self.device = torch.device(actor_device(assigned_gpus(), torch.cuda.device_count(), f"learner-{rank}"))
+        pin_collectives()  # before any process group forms
         self.engine = None
         self.reference = None  # a frozen copy of the policy, for the KL term
         self.adapter = False  # whether the engine trains a LoRA adapter on a frozen base

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from cluster.model_source import model_file, resolve_on_node
+from cluster.network import pin_collectives
 from cluster.storage import StorageConfig
 from rollout.config import RolloutConfig
 from rollout.engine import Completion, RolloutEngine
@@ -22,6 +23,7 @@ class RolloutWorker:
         max_lora_rank: int = 0,
     ):
         self.index = index
+        pin_collectives()  # before the engine and any weight group form
         # Resolved on this node; of a checkpoint on shared storage, its weights, config and tokenizer.
         model_path = resolve_on_node(model_path, storage or StorageConfig(), model_file)
         # Distinct seeds so that the workers' groups are not copies of each other.

@@ -1,9 +1,11 @@
 """Every bad input is refused before any actor starts: one `error:` line, exit code 2, nothing written."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,66 @@ def test_impossible_placement(tiny_model_dir, out):
     assert labelled.returncode == 2 and len(errors) == 1, labelled.stderr[-3000:]
     assert errors[0].startswith("error: no Ray node carries the labels pool=rollout (the nodes' labels: (none))")
     assert not out.exists()
+
+
+def test_a_cluster_that_is_gone_is_named_in_one_line(tiny_model_dir, out, tmp_path):
+    """A head that is gone, named by RAY_ADDRESS or by the address file an earlier `ray start` left
+    in Ray's temp folder: one line naming the address and where it came from, in seconds (Ray alone
+    waits minutes on a dead address)."""
+    from conftest import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    train = [
+        sys.executable,
+        "-m",
+        "launch.train",
+        "--config",
+        "launch/configs/tiny.yaml",
+        f"model.path={tiny_model_dir}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    start = time.monotonic()
+    named = subprocess.run(
+        [*train, f"run.output_dir={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "RAY_ADDRESS": dead},
+    )
+    errors = [line for line in named.stderr.splitlines() if line.startswith("error:")]
+    assert named.returncode == 2 and errors == [
+        f"error: could not join the Ray cluster at {dead} (from RAY_ADDRESS): Connection refused; "
+        "start that cluster, or pass cluster.address=local to start one here"
+    ], named.stderr[-3000:]
+    assert not out.exists()
+    # The teacher job reads the address file of the temp folder Ray would use (RAY_TMPDIR here).
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(dead)
+    teacher = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.teacher",
+            "--model",
+            tiny_model_dir,
+            "--limit",
+            "2",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "teacher.jsonl"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "RAY_TMPDIR": str(tmp_path)},
+    )
+    errors = [line for line in teacher.stderr.splitlines() if line.startswith("error:")]
+    assert teacher.returncode == 2 and len(errors) == 1, teacher.stderr[-3000:]
+    assert errors[0].startswith(
+        f"error: could not join the Ray cluster at {dead} (from {tmp_path}/ray/ray_current_cluster, written by an "
+        f"earlier `ray start` on this machine): Connection refused; remove {tmp_path}/ray/ray_current_cluster or"
+    )
+    assert time.monotonic() - start < 90

@@ -156,3 +156,17 @@ def test_the_prepared_device_check_runs_here():
     assert done.returncode == 0 and verdicts == ["PASS devices", "PASS learner", "PASS vllm"], (
         done.stdout[-3000:] + done.stderr[-3000:]
     )
+
+
+def test_collectives_use_the_interface_of_the_node_ray_address():
+    from cluster.network import configured_env, interface_for, socket_env
+
+    interfaces = {"lo": ["127.0.0.1"], "eth0": ["10.0.0.7", "fe80::1"], "mgmt0": ["192.168.9.7"]}
+    assert interface_for("10.0.0.7", interfaces) == "eth0" and interface_for("10.9.9.9", interfaces) is None
+    # The host name may resolve to mgmt0's address; the node's Ray address decides instead.
+    assert socket_env({}, "10.0.0.7", interfaces) == {"GLOO_SOCKET_IFNAME": "eth0", "NCCL_SOCKET_IFNAME": "eth0"}
+    # cluster.socket_ifname (in the actor's runtime env) or the user's own setting is kept.
+    assert socket_env({"GLOO_SOCKET_IFNAME": "ib0"}, "10.0.0.7", interfaces) == {"NCCL_SOCKET_IFNAME": "eth0"}
+    assert socket_env({}, "10.9.9.9", interfaces) == {}  # unknown: the libraries' own choice stands
+    assert configured_env("ib0") == {"GLOO_SOCKET_IFNAME": "ib0", "NCCL_SOCKET_IFNAME": "ib0"}
+    assert configured_env("") == {}

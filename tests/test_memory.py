@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 
@@ -7,13 +6,20 @@ from benchmarks.memory import MemoryProbe, peak_rss_gib
 HOLD = "import time; block = bytearray(400 << 20); print('ready', flush=True); time.sleep(3)"
 
 
+# A parent that starts the child when told: the probe watches it alone, not this test process,
+# whose other children (a Ray session's workers) come and go meanwhile.
+PARENT = f"import subprocess, sys; sys.stdin.readline(); subprocess.run([sys.executable, '-c', {HOLD!r}])"
+
+
 def test_probe_counts_a_child_process_while_it_runs():
-    with MemoryProbe(interval_s=0.1).watch(os.getpid()) as probe:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with MemoryProbe(interval_s=0.1).watch(parent.pid) as probe:
         before = probe.sample()
-        child = subprocess.Popen([sys.executable, "-c", HOLD], stdout=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == "ready"
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "ready"
         during = probe.sample()
-        child.wait()
+        parent.wait()
     assert during - before > 350 << 10  # KiB: the child's 400 MiB block is counted
     assert probe.peak_kib >= during
     assert probe.sum_of_peaks_gib >= probe.peak_gib > 0.35

@@ -186,7 +186,8 @@ def test_frozen_layers_train_only_the_top(ray_session, tiny_model_dir):
     assert second["loss"] < first["loss"]
     moved = {name for name, tensor in weights.items() if not torch.equal(tensor, start[name])}
     assert moved and all(
-        name.startswith("model.layers.1.") or name in ("model.embed_tokens.weight", "model.norm.weight")
+        name.startswith("model.layers.1.")
+        or name in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight")
         for name in moved
     )
     assert "model.embed_tokens.weight" in moved  # the tied head trains, through the output side
