@@ -136,10 +136,12 @@ class Hosts:
         return process
 
     def add_interface(self, name: str, interface: str, address: str) -> None:
-        """A second interface on host `name` that no other host can reach (a dummy network)."""
-        self.exec(name, "ip", "link", "add", interface, "type", "dummy")
+        """A second interface on host `name` that no other host can reach: a link whose other end
+        stays in the same namespace, on no bridge."""
+        self.exec(name, "ip", "link", "add", interface, "type", "veth", "peer", "name", f"{interface}p")
         self.exec(name, "ip", "addr", "add", f"{address}/24", "dev", interface)
-        self.exec(name, "ip", "link", "set", interface, "up")
+        for end in (interface, f"{interface}p"):
+            self.exec(name, "ip", "link", "set", end, "up")
 
     def resolve(self, name: str, address: str) -> None:
         """Make host `name` resolve its own host name to `address` (a multi-homed node's DNS)."""

@@ -50,7 +50,8 @@ class ClusterConfig:
         "worker reads), 'collective' (one group of learner rank 0 + every vLLM worker, broadcast in flat "
         "buckets: NCCL on GPU, gloo on CPU), 'auto' = collective when every learner and rollout worker "
         "has whole GPUs of its own, else object_store (NCCL refuses two members on one GPU, so fractional "
-        "or colocated-and-shared GPUs use the object store; on one CPU box the two sync equally fast: "
+        "or colocated-and-shared GPUs use the object store; on one CPU box the two sync equally fast, across "
+        "CPU nodes the collective one runs at the link's rate and the object store far below it: "
         "docs/performance.md). An explicit 'collective' that cannot form is refused before anything "
         "starts.",
     )

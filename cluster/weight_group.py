@@ -67,13 +67,14 @@ class WeightGroup:
                 f"{names[rank]} could not reach the weight group's store at {host}:{port}: {err}"
             ) from None
         self._await_members(timeout_s)
+        # Read now: the store goes with its host when the group fails.
+        where = ", ".join(f"{n} at {self.store.get(f'joined/{r}').decode()}" for r, n in enumerate(names))
         try:
             if device.type == "cuda":
                 self.comm = nccl_communicator(self.store, rank, world_size, device, names[rank])
             else:
                 self.comm = dist.ProcessGroupGloo(dist.PrefixStore("gloo", self.store), rank, world_size, timeout)
         except (RuntimeError, TimeoutError) as err:  # a member whose endpoint the others cannot reach
-            where = ", ".join(f"{n} at {self.store.get(f'joined/{r}').decode()}" for r, n in enumerate(names))
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise WeightGroupError(f"{names[rank]}: the weight group did not connect ({where}): {first}") from None
 
