@@ -36,6 +36,7 @@ def measure(args: argparse.Namespace) -> None:
     """The driver, on the learner's node: syncs at each rate, its own link shaped between them."""
     import ray
 
+    from benchmarks.netns_cluster import token_bucket
     from cluster.config import ClusterConfig
     from cluster.model_source import resolve_model
     from cluster.placement import place
@@ -69,24 +70,7 @@ def measure(args: argparse.Namespace) -> None:
             if bits_per_s(rate) is None:
                 subprocess.run(["tc", "qdisc", "del", "dev", "eth0", "root"], capture_output=True)
             else:
-                subprocess.run(
-                    [
-                        "tc",
-                        "qdisc",
-                        "replace",
-                        "dev",
-                        "eth0",
-                        "root",
-                        "tbf",
-                        "rate",
-                        rate,
-                        "burst",
-                        "256kbit",
-                        "latency",
-                        "400ms",
-                    ],
-                    check=True,
-                )
+                subprocess.run(token_bucket("eth0", rate), check=True)
             for transport, sync in syncs.items():
                 version += 1
                 sync.sync(version)  # the first at this rate (the first of a group is checked): not timed

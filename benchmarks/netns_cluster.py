@@ -42,6 +42,25 @@ def available() -> str | None:
     return None
 
 
+def token_bucket(device: str, rate: str) -> list[str]:
+    """The `tc` command that limits what leaves `device` to `rate` (e.g. '1gbit', '100mbit')."""
+    return [
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        device,
+        "root",
+        "tbf",
+        "rate",
+        rate,
+        "burst",
+        "256kbit",
+        "latency",
+        "400ms",
+    ]
+
+
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run(args, capture_output=True, text=True)
     if check and done.returncode != 0:
@@ -159,23 +178,8 @@ class Hosts:
     def shape(self, name: str, rate: str) -> None:
         """Both directions of host `name`'s link limited to `rate` (e.g. '100mbit'), a token bucket."""
         host = self.hosts[name]
-        for prefix, device in (([], host.link), (["ip", "netns", "exec", host.namespace], host.inner)):
-            sh(
-                *prefix,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                device,
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                "256kbit",
-                "latency",
-                "400ms",
-            )
+        sh(*token_bucket(host.link, rate))
+        sh("ip", "netns", "exec", host.namespace, *token_bucket(host.inner, rate))
 
     def unshape(self, name: str) -> None:
         host = self.hosts[name]
