@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from run_checks import engine_matches_checkpoint, records
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["cluster.learner_labels={pool: train}", "cluster.rollout_labels={pool: rollout}"]
@@ -176,15 +177,6 @@ def write_qwen25_3b_config(folder: Path) -> Path:
     return folder
 
 
-def records(run) -> list[dict]:
-    """metrics.jsonl of the run folder `run` (a Store: the run lives in a bucket)."""
-    return (
-        [json.loads(line) for line in run.read_bytes("metrics.jsonl").decode().splitlines() if line.strip()]
-        if run.exists("metrics.jsonl")
-        else []
-    )
-
-
 def scrape(cluster) -> dict[tuple[str, str], float]:
     """Every `bridge_*` gauge of every node's Prometheus endpoint: {(name, stage): value}."""
     found = {}
@@ -258,53 +250,6 @@ def actor_nodes(cluster, run: str) -> dict[str, list[str]]:
         if actor.name and actor.name.startswith(f"{run}/"):
             out.setdefault(actor.name.split("/", 1)[1], []).append(actor.node_id)
     return out
-
-
-def engine_matches_checkpoint(run_dir: Path, checkpoint: Path, label: str) -> int:
-    """The run's greedy evaluation `label` (vLLM, synced weights) equals transformers' greedy
-    decoding of the checkpoint saved at that point; returns how many problems were compared."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from cluster.typed_config import load_config
-    from curriculum.data import load_problems
-    from curriculum.prompter import Prompter
-    from curriculum.tasks import build_eval_task
-    from launch.job_config import JobConfig
-
-    cfg = load_config(JobConfig, run_dir / "config.yaml")
-    samples = [json.loads(line) for line in (run_dir / "eval" / f"{label}.jsonl").read_text().splitlines()]
-    problems = load_problems(cfg.data.eval, cfg.data.format, cfg.data.skip_malformed, cfg.data.limit_eval).problems[
-        : len(samples)
-    ]
-    prompter = Prompter(
-        AutoTokenizer.from_pretrained(checkpoint), cfg.model.max_prompt_tokens, cfg.tasks.use_chat_template
-    )
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    for problem, sample in zip(problems, samples, strict=True):
-        assert sample["question"] == problem.question
-        ids = torch.tensor([prompter.prompt_ids(build_eval_task(problem))])
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=cfg.rollout.eval_max_new_tokens,
-            do_sample=False,
-            pad_token_id=prompter.pad_id,
-        )
-        generated = out[0, ids.shape[1] :].tolist()
-        if prompter.decode(generated) == sample["completion"]:
-            continue
-        # Where the two differ, the two best logits must tie (within 1e-2: vLLM's CPU kernels and
-        # transformers' drift ~1e-3 apart over a long fp32 prompt and may break a tie either way);
-        # an engine on other weights differs by far more, from the first token on.
-        k = next(
-            k for k in range(len(generated)) if not sample["completion"].startswith(prompter.decode(generated[: k + 1]))
-        )
-        with torch.no_grad():
-            logits = model(torch.tensor([ids[0].tolist() + generated[:k]])).logits[0, -1]
-        top = torch.topk(logits, 2).values
-        assert (top[0] - top[1]).item() < 1e-2, (k, prompter.decode(generated), sample["completion"])
-    return len(samples)
 
 
 def test_three_nodes_labels_node_loss_metrics_and_resume(cluster, tiny_model_dir, tmp_path, s3_endpoint):
