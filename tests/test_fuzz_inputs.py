@@ -216,65 +216,50 @@ def test_hostile_configs_say_what_is_wrong(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# the teacher job's progress files
+# the teacher job's parts
 
 
-def _progress_line(origin: str) -> bytes:
-    return (json.dumps({"origin": origin, "reasons": ["kept"]}) + "\n").encode()
-
-
-def _row_line(origin: str) -> bytes:
-    return (
-        json.dumps({"origin": origin, "question": "q", "rationale": "Step 1: 1 + 1 = 2", "answer": "2"}) + "\n"
-    ).encode()
+def _record_line(origin: str) -> bytes:
+    row = {"origin": origin, "question": "q", "rationale": "Step 1: 1 + 1 = 2", "answer": "2", "sample": 0}
+    return (json.dumps({"origin": origin, "reasons": ["kept"], "rows": [row]}) + "\n").encode()
 
 
 @FUZZ
-@given(progress=st.binary(max_size=600), rows=st.binary(max_size=600))
-def test_teacher_files_of_arbitrary_bytes(tmp_path_factory, progress, rows):
-    from launch.teacher import TeacherFiles
+@given(part=st.binary(max_size=600))
+def test_teacher_parts_of_arbitrary_bytes(tmp_path_factory, part):
+    from launch.teacher_parts import TeacherParts
 
     out = tmp_path_factory.mktemp("teacher") / "t.jsonl"
-    Path(f"{out}.progress.jsonl").write_bytes(progress)
-    out.write_bytes(rows)
-    files = TeacherFiles(str(out))
+    Path(f"{out}.parts").mkdir()
+    Path(f"{out}.parts/part-000000.jsonl").write_bytes(part)
+    parts = TeacherParts(str(out))
     try:
-        done = files.finished()
+        found = parts.read()
     except DataError as err:
-        assert str(err).startswith(str(out)), str(err)
-        assert out.read_bytes() == rows  # refused before anything was rewritten
+        assert str(err).startswith(f"{out}.parts/part-000000.jsonl:"), str(err)
+        assert Path(f"{out}.parts/part-000000.jsonl").read_bytes() == part  # refused, nothing rewritten
         return
-    assert isinstance(done, set)
-    files.write_summary()
+    assert list(found) == [0]
+    parts.assemble([])
 
 
-def test_teacher_files_after_a_crash_and_when_foreign(tmp_path):
-    from launch.teacher import TeacherFiles
+def test_teacher_parts_that_the_job_did_not_write_are_refused(tmp_path):
+    from launch.teacher_parts import TeacherParts
 
     out = tmp_path / "t.jsonl"
-    progress = Path(f"{out}.progress.jsonl")
-    # A crash mid-append: the last progress line is cut short, a row of its problem was written.
-    progress.write_bytes(_progress_line("a:1") + _progress_line("a:2")[:20])
-    out.write_bytes(_row_line("a:1") + _row_line("a:2"))
-    assert TeacherFiles(str(out)).finished() == {"a:1"}
-    assert out.read_bytes() == _row_line("a:1")
-    # A line in the middle that this job did not write: refused, naming it.
-    progress.write_bytes(_progress_line("a:1") + "café\n".encode("latin-1") + _progress_line("a:2"))
+    Path(f"{out}.parts").mkdir()
+    part = Path(f"{out}.parts/part-000003.jsonl")
+    part.write_bytes(_record_line("a:1") + _record_line("a:2"))
+    assert [r["origin"] for r in TeacherParts(str(out)).read()[3]] == ["a:1", "a:2"]
+    part.write_bytes(_record_line("a:1") + "café\n".encode("latin-1"))
     with pytest.raises(
         DataError,
-        match=r"t.jsonl.progress.jsonl:2: not a line the teacher job wrote \('utf-8' codec can't decode byte 0xe9",
+        match=r"part-000003.jsonl:2: not a line the teacher job wrote \('utf-8' codec can't decode byte 0xe9",
     ):
-        TeacherFiles(str(out)).finished()
-    progress.write_bytes(_progress_line("a:1") + b'{"origin": 3}\n' + _progress_line("a:2"))
-    with pytest.raises(
-        DataError,
-        match=r"progress.jsonl:2: not a line the teacher job wrote \(not a record with 'origin' and 'reasons'\)",
-    ):
-        TeacherFiles(str(out)).finished()
-
-
-def test_parquet_that_is_not_parquet(tmp_path):
-    path = tmp_path / "rows.parquet"
-    path.write_bytes(b"PAR1" + bytes(range(256)) * 8)
-    with pytest.raises(DataError, match="cannot load dataset"):
-        load_problems(str(path))
+        TeacherParts(str(out)).read()
+    part.write_bytes(b'{"origin": "a:1", "reasons": ["kept"], "rows": [{"rationale": 3}]}\n')
+    with pytest.raises(DataError, match=r"part-000003.jsonl:1: .*'rows' is not a list of rows with a rationale"):
+        TeacherParts(str(out)).read()
+    part.write_bytes(b'{"origin": 3}\n')
+    with pytest.raises(DataError, match=r"not a record with 'origin', 'reasons' and 'rows'"):
+        TeacherParts(str(out)).read()

@@ -1,4 +1,5 @@
-"""The teacher job: judging generations (pure, hand-written cases) and the job on the tiny model."""
+"""The teacher job: judging generations (pure, hand-written cases), its parts, what runs around the
+engine, and the in-process job on the tiny model. The Ray Data job end to end: test_teacher_job.py."""
 
 import json
 import subprocess
@@ -7,8 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from curriculum.data import load_problems
-from curriculum.teacher import Verdict, choose, judge, to_steps, visible_reasoning
+from cluster.devices import teacher_seed
+from curriculum.data import DataError, Problem, load_problems
+from curriculum.teacher import Verdict, choose, judge, problem_record, to_steps, visible_reasoning
+from launch.teacher_data import (
+    Generation,
+    _prompter,
+    build_request,
+    engine_rows,
+    finish_reason,
+    finished_blocks,
+    judge_row,
+)
+from launch.teacher_parts import TeacherParts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,41 +95,104 @@ def test_rows_are_a_teacher_source(tmp_path):
 
 
 def _teacher(tiny_model_dir, out, limit):
-    command = [
-        sys.executable,
-        "-m",
-        "launch.teacher",
-        "--model",
-        tiny_model_dir,
-        "--data",
-        "gsm8k:train",
-        "--limit",
-        str(limit),
-        "--out",
-        str(out),
-        "--samples",
-        "2",
-        "--max-new-tokens",
-        "16",
-        "--chunk",
-        "2",
-    ]
+    """The pool path with one engine in this process (`--workers 0`): no Ray at all."""
+    command = [sys.executable, "-m", "launch.teacher", "--model", tiny_model_dir, "--data", "gsm8k:train"]
+    command += ["--limit", str(limit), "--out", str(out), "--samples", "2", "--max-new-tokens", "16"]
+    command += ["--chunk", "2", "--workers", "0"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
 
 
-def test_teacher_job_streams_and_resumes(tiny_model_dir, tmp_path):
+def test_teacher_job_in_process_commits_parts_and_resumes(tiny_model_dir, tmp_path):
     out = tmp_path / "teacher.jsonl"
     stdout = _teacher(tiny_model_dir, out, 3)
     assert "0 already finished, 3 to generate" in stdout
-    progress = [json.loads(line) for line in Path(f"{out}.progress.jsonl").read_text().splitlines()]
-    assert [p["origin"].rsplit(":", 1)[1] for p in progress] == ["1", "2", "3"]
-    assert all(len(p["reasons"]) == 2 for p in progress)
+    assert "part 000000: 2/3 problems" in stdout and "part 000001: 3/3 problems" in stdout
+    records = [
+        json.loads(line) for part in ("part-000000", "part-000001") for line in open(f"{out}.parts/{part}.jsonl")
+    ]
+    assert [r["origin"].rsplit(":", 1)[1] for r in records] == ["1", "2", "3"]
+    assert all(len(r["reasons"]) == 2 for r in records)
     summary = json.loads(Path(f"{out}.summary.json").read_text())
     assert summary["problems"] == 3 and summary["generated"] == 6
     # the random tiny teacher is never right: nothing kept, every drop counted with its reason
     assert summary["kept"] == 0 and sum(summary["dropped"].values()) == 6 and out.read_text() == ""
     stdout = _teacher(tiny_model_dir, out, 4)
-    assert "3 already finished, 1 to generate" in stdout
+    assert "3 already finished, 1 to generate" in stdout and "part 000002: 1/1 problems" in stdout
     assert json.loads(Path(f"{out}.summary.json").read_text())["generated"] == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# the parts a job commits, and what the Ray Data path does around the engine (no engine here)
+
+
+def _record(origin: str, kept: bool = False) -> dict:
+    verdicts = [Verdict(True, "kept", ("1 + 1 = 2",))] if kept else [Verdict(False, "wrong")]
+    return problem_record("q", "2", origin, verdicts, "shortest")
+
+
+def test_parts_are_committed_whole_and_assembled_in_problem_order(tmp_path):
+    parts = TeacherParts(str(tmp_path / "t.jsonl"))
+    assert parts.read() == {}
+    parts.write(1, [_record("a:3", kept=True), _record("a:4")])
+    parts.write(0, [_record("a:2", kept=True)])
+    (tmp_path / "t.jsonl.parts" / "part-000002.jsonl.partial-77").write_text('{"origin": "a:1"')  # a kill mid-write
+    assert sorted(parts.read()) == [0, 1] and not list((tmp_path / "t.jsonl.parts").glob("*.partial-*"))
+    summary = parts.assemble(["a:1", "a:3", "a:2", "a:4"])
+    rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert [r["origin"] for r in rows] == ["a:3", "a:2"] and rows[0]["rationale"] == "Step 1: 1 + 1 = 2"
+    assert summary == json.loads((tmp_path / "t.jsonl.summary.json").read_text())
+    assert summary["problems"] == 3 and summary["kept"] == 2 and summary["dropped"] == {"wrong": 1}
+    (tmp_path / "t.jsonl.parts" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"t.jsonl.parts/notes.txt: not a part the teacher job wrote"):
+        parts.read()
+
+
+def test_parts_on_an_object_store(s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    parts = TeacherParts("s3://bridge/teacher-unit/t.jsonl")
+    parts.write(0, [_record("a:1", kept=True)])
+    assert parts.read() == {0: [_record("a:1", kept=True)]}
+    assert parts.assemble(["a:1"])["kept"] == 1
+    assert parts.store.read_bytes("t.jsonl").count(b"\n") == 1
+
+
+def test_finished_blocks_come_out_whole_in_any_order():
+    blocks = [[Problem("q", (), "1", origin=f"p{i}") for i in range(2)], [Problem("q", (), "1", origin="p2")]]
+    rows = engine_rows(blocks, samples=2)
+    assert [(r["block"], r["index"], r["sample"]) for r in rows][:3] == [(0, 0, 0), (0, 0, 1), (0, 1, 0)]
+    judged = [
+        {**r, "kept": r["sample"] == 1, "reason": "kept" if r["sample"] else "wrong", "steps": ["x"]} for r in rows
+    ]
+    done = list(finished_blocks(iter([judged[4], judged[0], judged[3], judged[5], judged[1], judged[2]]), blocks, 2))
+    assert [block for block, _ in done] == [1, 0]
+    assert [[v.reason for v in problem] for problem in done[1][1]] == [["wrong", "kept"], ["wrong", "kept"]]
+
+
+@pytest.mark.parametrize(
+    "tokens, reason", [([5, 6, 2], "stop"), ([5, 6, 7], "length"), ([5, 2], "stop"), ([5, 6, 7, 8], "length")]
+)
+def test_finish_reason_from_tokens(tokens, reason):
+    assert finish_reason(tokens, max_tokens=3, eos_id=2) == reason
+
+
+def test_requests_are_built_and_judged_by_the_curriculum(tiny_model_dir):
+    gen = Generation(tiny_model_dir, 256, 8, 0.0, "strip", True, seed=1, request_seeds=True)
+    row = {"block": 0, "index": 0, "sample": 1, "origin": "x:1", "question": "What is 2 + 3?", "answer": "5"}
+    request = build_request(row, gen)
+    assert request["sampling_params"] == {
+        "temperature": 0.0,
+        "max_tokens": 8,
+        "detokenize": False,
+        "seed": teacher_seed(1, "x:1", 1),
+    }
+    assert not request["too_long"] and len(request["tokenized_prompt"]) <= 256
+    long = build_request({**row, "question": "Why? " * 200}, gen)
+    assert long["too_long"] and long["sampling_params"]["max_tokens"] == 1 and len(long["tokenized_prompt"]) == 1
+    assert judge_row({**long, "generated_tokens": [9]}, gen)["reason"] == "prompt_too_long"
+    prompter = _prompter(tiny_model_dir, 256)
+    answer = prompter.tokenizer("Step 1: 2 + 3 = 5\nAnswer: 5", add_special_tokens=False)["input_ids"]
+    judged = judge_row({**request, "generated_tokens": [*answer, prompter.eos_id]}, gen)
+    assert judged["kept"] and judged["steps"] == ["2 + 3 = 5"] and judged["origin"] == "x:1"
+    assert judge_row({**request, "generated_tokens": answer[:8]}, gen)["reason"] == "truncated"
