@@ -159,8 +159,10 @@ def generate(
         detokenize_stage=False,  # the postprocessing decodes with the prompter, as the pool does
         log_engine_metrics=False,
     )
-    # The pre- and postprocessing are light: they must not wait for a CPU an engine holds.
-    light = {"num_cpus": 0}
+    # The pre- and postprocessing are light: they must not wait for a CPU an engine holds, and a
+    # task at a time per 8 engines keeps up (a tokenizer does thousands of rows a second) without
+    # a Ray worker per block importing transformers while the engines start.
+    light = {"num_cpus": 0, "concurrency": max(1, workers // 8)}
     processor = build_processor(
         config,
         preprocess=partial(build_request, gen=gen),

@@ -79,6 +79,8 @@ class RolloutEngine:
         seeds = request_seeds(self.device, seed, len(prompts))
         if seed is not None and seeds is None:
             torch.manual_seed(seed)  # vLLM-CPU samples from torch's default generator
+        # Greedy samples are all the same, and vLLM refuses n > 1 without sampling: one, repeated.
+        copies, n = (n, 1) if temperature == 0 else (1, n)
         params = [
             SamplingParams(
                 n=n,
@@ -93,7 +95,7 @@ class RolloutEngine:
         outputs = self.llm.generate(
             [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=self.lora
         )
-        return [[_completion(c, logprobs) for c in out.outputs] for out in outputs]
+        return [[_completion(c, logprobs) for c in out.outputs] * copies for out in outputs]
 
     def load_weights(
         self, weights: PackedWeights | PackedAdapter, version: int, verify: bool = False

@@ -2,9 +2,9 @@
 
 A one-layer Llama whose attention and MLP write nothing, so that each position's logits depend on
 its own token only; its embeddings and output head map the prompt's last token to a fixed chain
-of distinct tokens: 60 words, then '2+3=5', then end of sequence. Greedy decoding therefore writes
+of distinct tokens: 120 words, then '2+3=5', then end of sequence. Greedy decoding therefore writes
 the same correct-looking rationale for every problem, which the judge keeps when the gold answer
-is 5 and drops as 'wrong' otherwise, at the pace of a real (tiny) model: ~67 tokens per answer.
+is 5 and drops as 'wrong' otherwise, at the pace of a real (tiny) model: ~127 tokens per answer.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ANSWER = "5"
-WORDS = 60
+WORDS = 120
 
 
 def _chain(tokenizer, last_prompt_token: int) -> list[int]:

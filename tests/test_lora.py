@@ -198,8 +198,11 @@ def test_two_lora_learners_match_one_and_zero3_saves_the_live_adapter(ray_sessio
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
             assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert one[1]["loss"] < one[0]["loss"] and one[2]["kl"] > 0  # trained, and away from the base
+    # Adam divides by sqrt(v) + eps: an entry whose gradient is near eps moves by up to lr whatever its
+    # sign, so a reduction order that differs in the last bit can move it by a visible fraction of lr.
+    # A tenth of lr (1e-3) still catches a wrong shard, scale or missed step, which move entries by ~lr.
     for adapter in (adapter_two, adapter_three):
-        assert max((adapter_one[k] - adapter[k]).abs().max().item() for k in adapter_one) < 1e-4
+        assert max((adapter_one[k] - adapter[k]).abs().max().item() for k in adapter_one) < 1e-3
     lora_b = [k for k in adapter_one if "lora_B" in k]
     assert len(lora_b) == 2 * 4 and all(adapter_one[k].abs().max() > 0 for k in lora_b)
 
