@@ -29,13 +29,16 @@ def _name(names: list[str] | None, index: int) -> str:
 def _get(ref: ray.ObjectRef, what: str, names: list[str] | None, index: int) -> Any:
     try:
         return ray.get(ref)
+    except RayTaskError as err:
+        # First: the call ran and raised. Its cause may be another actor's death (Ray's class is then
+        # both RayTaskError and ActorDiedError), e.g. a rollout worker reading weights whose owner,
+        # a learner, is gone: this actor lives, and the dead one is for the caller to name.
+        raise RemoteCallError(f"{_name(names, index)}{what} failed: {err.cause!r}") from err
     except RayActorError as err:
         restarting = isinstance(err, ActorUnavailableError)
         raise ActorDied(
             f"{_name(names, index)}the actor died during {what} ({type(err).__name__})", index, restarting
         ) from err
-    except RayTaskError as err:
-        raise RemoteCallError(f"{_name(names, index)}{what} failed: {err.cause!r}") from err
 
 
 def wait_all(refs: list[ray.ObjectRef], timeout_s: float, what: str, names: list[str] | None = None) -> list[Any]:

@@ -73,6 +73,30 @@ def test_dead_learner_is_named(ray_session, tiny_model_dir):
         placement.remove()
 
 
+def test_a_call_that_raised_for_another_actors_death_does_not_name_its_own(ray_session):
+    """A rollout worker whose weights' owner (a learner) died raises ActorDiedError inside its call:
+    the worker is alive, so the failure is a RemoteCallError, not ActorDied (which would send the
+    caller waiting for a restart that never comes, and blame the worker for the learner's loss)."""
+    from cluster.remote import ActorDied, wait_all
+
+    @ray.remote(num_cpus=0)
+    class Peer:
+        def ping(self):
+            return "pong"
+
+    @ray.remote(num_cpus=0)
+    class Caller:
+        def call(self, peer):
+            return ray.get(peer.ping.remote())
+
+    peer, caller = Peer.remote(), Caller.remote()
+    ray.kill(peer, no_restart=True)
+    with pytest.raises(RemoteCallError, match="worker-0: ping failed: .*ActorDiedError") as raised:
+        wait_all([caller.call.remote(peer)], 60, "ping", ["worker-0"])
+    assert not isinstance(raised.value, ActorDied)
+    ray.kill(caller)
+
+
 def test_non_finite_update_is_skipped_on_every_rank(ray_session, tiny_model_dir, tmp_path):
     placement = place(2, 0, CLUSTER)
     cfg = LearnerConfig(num_learners=2, zero_stage=2, precision="bf16", grpo_lr=1e-3)
