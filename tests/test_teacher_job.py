@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -72,6 +75,48 @@ def _finish(job: subprocess.Popen) -> str:
     return stdout
 
 
+def _finish_watching_the_dashboard(job: subprocess.Popen) -> tuple[str, list[str]]:
+    """Run `job` to its end (as `_finish`) and meanwhile read, from the dashboard of the Ray it
+    started, the operators of the datasets it runs."""
+    lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+    def follow(name: str) -> None:
+        for line in getattr(job, name):
+            lines[name].append(line)
+
+    readers = [threading.Thread(target=follow, args=(name,), daemon=True) for name in lines]
+    for reader in readers:
+        reader.start()
+    operators: list[str] = []
+    while job.poll() is None:
+        said = [line for line in lines["stderr"] + lines["stdout"] if "View the dashboard at" in line]
+        found = re.search(r"(http://[\w.]+:\d+)", said[0]) if said else None
+        if found and not operators:
+            operators = _dataset_operators(found.group(1))
+        time.sleep(0.5)
+    for reader in readers:
+        reader.join()
+    stdout, stderr = "".join(lines["stdout"]), "".join(lines["stderr"])
+    assert job.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    return stdout, operators
+
+
+def _dataset_operators(dashboard: str) -> list[str]:
+    """Every operator of every dataset of every job, as the dashboard's Jobs page shows them."""
+    try:
+        jobs = json.load(urllib.request.urlopen(f"{dashboard}/api/jobs/", timeout=5))
+        return [
+            operator["operator"]
+            for job in jobs
+            for dataset in json.load(urllib.request.urlopen(f"{dashboard}/api/data/datasets/{job['job_id']}"))[
+                "datasets"
+            ]
+            for operator in dataset["operators"]
+        ]
+    except OSError:  # not up yet
+        return []
+
+
 def _expected_rows(problems_file: Path) -> list[str]:
     lines = problems_file.read_text().splitlines()
     return [f"{problems_file}:{i + 1}" for i in range(len(lines)) if i % 2 == 0 and i != TOO_LONG]
@@ -123,7 +168,8 @@ def test_a_job_killed_and_an_engine_killed_end_with_the_rows_of_a_clean_run(scri
 
 
 def test_embedded_teacher_reads_and_writes_an_object_store(s3_endpoint):
-    """The tiny teacher run: the embedded model, 16 problems, 2 engines; data and results in a bucket."""
+    """The tiny teacher run: the embedded model, 16 problems, 2 engines; data and results in a bucket;
+    the dataset's operators on the Ray dashboard."""
     from cluster.storage import StorageConfig, Store
 
     env = _env(AWS_ENDPOINT_URL=s3_endpoint)
@@ -136,8 +182,15 @@ def test_embedded_teacher_reads_and_writes_an_object_store(s3_endpoint):
         command[command.index("--chunk") + 1] = "4"
         command[command.index("--samples") + 1] = "2"
         command[command.index("--max-new-tokens") + 1] = "64"
-        stdout = _finish(_start(command, env))
+        stdout, operators = _finish_watching_the_dashboard(_start(command, env))
         assert "16 problems, 0 already finished, 16 to generate" in stdout and "16/16 problems" in stdout
+        # The Ray dashboard shows the dataset's operators: prompts, the engines, judging.
+        assert [o.rsplit("_", 1)[0] for o in operators] == [
+            "Input",
+            "Map(_preprocess)",
+            "MapBatches(vLLMEngineStageUDF)",
+            "Map(_postprocess)",
+        ], operators
         assert sorted(bucket.files("teacher-out/teacher.jsonl.parts")) == [f"part-00000{i}.jsonl" for i in range(4)]
         summary = json.loads(bucket.read_bytes("teacher-out/teacher.jsonl.summary.json"))
         assert summary["problems"] == 16 and summary["generated"] == 32
