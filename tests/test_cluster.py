@@ -67,6 +67,25 @@ def train(*args, timeout=900):
     )
 
 
+def train_together(runs: dict[str, list[str]], timeout=900) -> dict[str, subprocess.CompletedProcess]:
+    """Several `launch.train` commands at once (plans refused before they reserve anything)."""
+    jobs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "launch.train", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, args in runs.items()
+    }
+    done = {}
+    for name, job in jobs.items():
+        stdout, stderr = job.communicate(timeout=timeout)
+        done[name] = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+    return done
+
+
 def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
     """8 GPU bundles on 2 nodes x 4 declared GPUs (no CUDA touched): placed and sized, with full
     weights and with an adapter in every stage; on 7 GPUs refused."""
@@ -113,11 +132,19 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
             "gpus_per_rollout=0.5) let two members" in shared.stdout
         )
         assert "at worst 1 learner and 1 engine share one GPU: 47.8 GiB of 80.0 GiB together" in shared.stdout
-        refused = {
-            "collective": train(*args, *pair, "rollout.gpu_memory_utilization=0.4"),
-            "crowded": train(*args, *pair, "cluster.weight_transport=auto"),  # 15.8 GiB + 0.85 x 80 GiB
-            "halves": train(*args, "cluster.gpus_per_learner=0.5", "cluster.weight_transport=object_store"),
-        }
+        refused = train_together(
+            {
+                "collective": [*args, *pair, "rollout.gpu_memory_utilization=0.4"],
+                "crowded": [*args, *pair, "cluster.weight_transport=auto"],  # 15.8 GiB + 0.85 x 80 GiB
+                "halves": [*args, "cluster.gpus_per_learner=0.5", "cluster.weight_transport=object_store"],
+                "too_big": [
+                    *args,
+                    *("learner.zero_stage=1", "learner.num_learners=1", "rollout.num_workers=7"),
+                    "cluster.gpu_memory_gb=24",
+                ],
+            }
+        )
+        too_big = refused.pop("too_big")
         errors = {k: [line for line in r.stderr.splitlines() if line.startswith("error:")] for k, r in refused.items()}
         assert all(r.returncode == 2 and len(errors[k]) == 1 for k, r in refused.items()), {
             k: r.stderr[-2000:] for k, r in refused.items()
@@ -130,9 +157,6 @@ def test_plan_of_the_paper_layout_on_two_fake_gpu_nodes(cluster, tmp_path):
             errors["crowded"][0],
         )
         assert errors["halves"][0].startswith("error: 4 learners at cluster.gpus_per_learner=0.5 may share a GPU")
-        too_big = train(
-            *args, "learner.zero_stage=1", "learner.num_learners=1", "rollout.num_workers=7", "cluster.gpu_memory_gb=24"
-        )
         assert (
             too_big.returncode == 2
             and "error: learner-0 needs about 46.0 GiB per GPU before activations, but a GPU has 24.0 GiB"

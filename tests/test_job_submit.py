@@ -83,7 +83,7 @@ def head():
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # `ray start --block` stops what it started
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=5)  # it rarely stops sooner than that; then the group is killed
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
