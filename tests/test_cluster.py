@@ -61,10 +61,8 @@ def monkeypatch_module():
         yield patch
 
 
-def train(*args, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", "launch.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
+def train(*args, timeout=900) -> subprocess.CompletedProcess:
+    return train_together({"one": list(args)}, timeout)["one"]
 
 
 def train_together(runs: dict[str, list[str]], timeout=900) -> dict[str, subprocess.CompletedProcess]:

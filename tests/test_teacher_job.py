@@ -108,9 +108,9 @@ def _dataset_operators(dashboard: str) -> list[str]:
         return [
             operator["operator"]
             for job in jobs
-            for dataset in json.load(urllib.request.urlopen(f"{dashboard}/api/data/datasets/{job['job_id']}"))[
-                "datasets"
-            ]
+            for dataset in json.load(
+                urllib.request.urlopen(f"{dashboard}/api/data/datasets/{job['job_id']}", timeout=5)
+            )["datasets"]
             for operator in dataset["operators"]
         ]
     except OSError:  # not up yet
